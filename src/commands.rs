@@ -1,0 +1,113 @@
+//! One function per subcommand: settings in, the library called, results printed on stdout.
+
+use std::io::Write;
+
+use crate::Error;
+use crate::cli::{Command, GcArgs, ImagesArgs, PullArgs, RmiArgs};
+use crate::config::Settings;
+use crate::platform::Platform;
+use crate::progress::{self, Progress, human_bytes};
+use crate::pull::{PullOptions, pull};
+use crate::reference::Reference;
+use crate::store::Store;
+
+/// Run one subcommand; the exit status on success.
+pub fn dispatch(command: Command) -> Result<i32, Error> {
+    let settings = Settings::load()?;
+    let store = Store::open(&settings.cache_dir)?;
+    match command {
+        Command::Pull(args) => pull_command(&settings, &store, args),
+        Command::Images(args) => images_command(&store, args),
+        Command::Rmi(args) => rmi_command(&settings, &store, args),
+        Command::Gc(args) => gc_command(&store, args),
+    }
+}
+
+fn pull_command(settings: &Settings, store: &Store, args: PullArgs) -> Result<i32, Error> {
+    let reference = Reference::parse(&args.image, &settings.default_registry)?;
+    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let progress = Progress::new(progress::Mode::detect(args.quiet));
+    let options = PullOptions { platform, offline: args.offline };
+    let record = pull(settings, store, &reference, &options, &progress)?;
+    if !args.quiet {
+        progress.note(&format!(
+            "{}: {} ({}, {} layers, {})",
+            record.reference,
+            record.manifest,
+            record.platform,
+            record.layers.len(),
+            human_bytes(record.size)
+        ));
+    }
+    print(format_args!("{}\n", record.manifest));
+    Ok(0)
+}
+
+fn images_command(store: &Store, args: ImagesArgs) -> Result<i32, Error> {
+    let records: Vec<_> = store.records()?.into_iter().map(|(_, record)| record).collect();
+    if args.json {
+        let json = serde_json::to_string_pretty(&records).expect("records always serialise");
+        print(format_args!("{json}\n"));
+        return Ok(0);
+    }
+    let mut table = format!("{:<50} {:<16} {:<14} {:>10}\n", "IMAGE", "PLATFORM", "ID", "SIZE");
+    for record in &records {
+        table.push_str(&format!(
+            "{:<50} {:<16} {:<14} {:>10}\n",
+            record.reference,
+            record.platform.to_string(),
+            record.manifest.short(),
+            human_bytes(record.size)
+        ));
+    }
+    print(format_args!("{table}"));
+    Ok(0)
+}
+
+fn rmi_command(settings: &Settings, store: &Store, args: RmiArgs) -> Result<i32, Error> {
+    let references = args
+        .images
+        .iter()
+        .map(|image| Reference::parse(image, &settings.default_registry))
+        .collect::<Result<Vec<_>, _>>()?;
+    {
+        let _users = store.lock_users(|| eprintln!("waiting for `boxrun gc` to finish"))?;
+        for reference in &references {
+            if store.remove_records(reference)? == 0 {
+                return Err(Error::NotInCache(reference.to_string()));
+            }
+            print(format_args!("Untagged: {reference}\n"));
+        }
+    }
+    match store.try_gc()? {
+        Some(report) if report.blobs_removed > 0 => {
+            eprintln!("freed {} ({} blobs)", human_bytes(report.bytes_freed), report.blobs_removed)
+        }
+        Some(_) => {}
+        None => eprintln!("the cache is in use; run `boxrun gc` later to free the space"),
+    }
+    Ok(0)
+}
+
+fn gc_command(store: &Store, args: GcArgs) -> Result<i32, Error> {
+    let report = store.gc(|| eprintln!("waiting for running pulls to finish"))?;
+    if args.json {
+        print(format_args!("{}\n", serde_json::to_string(&report).expect("report serialises")));
+    } else {
+        print(format_args!(
+            "removed {} blobs ({}) and {} staging entries\n",
+            report.blobs_removed,
+            human_bytes(report.bytes_freed),
+            report.staging_removed
+        ));
+    }
+    Ok(0)
+}
+
+/// Print to stdout; a closed pipe (`boxrun images | head`) is not an error worth a message.
+fn print(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_fmt(args).and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,44 @@
+//! boxrun: run OCI container images in HPC batch jobs, with no daemon, no setuid bit and no root.
+//!
+//! The pipeline, one module per stage: [`reference`] → [`registry`] → [`store`] (→ unpack →
+//! rootfs → sandbox, in later modules). [`commands`] ties them to the [`cli`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod digest;
+pub mod platform;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;
+
+use thiserror::Error;
+
+/// Exit status when boxrun itself fails (docker's and podman's convention).
+pub const EXIT_BOXRUN_FAILED: i32 = 125;
+
+/// Everything that can stop a boxrun command; each variant's message is one line for the user.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    #[error(transparent)]
+    Platform(#[from] platform::PlatformError),
+    #[error(transparent)]
+    Pull(#[from] pull::PullError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("no image '{0}' in the cache (see `boxrun images`)")]
+    NotInCache(String),
+}
+
+impl Error {
+    /// The documented exit status for this failure.
+    pub fn exit_code(&self) -> i32 {
+        EXIT_BOXRUN_FAILED
+    }
+}

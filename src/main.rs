@@ -1,0 +1,32 @@
+//! The `boxrun` binary: parse the command line, run the library, map failures to exit status.
+
+use clap::Parser;
+
+fn main() {
+    let cli = boxrun::cli::Cli::parse();
+    init_logging(cli.verbose);
+    let code = match boxrun::commands::dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("boxrun: error: {error}");
+            error.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Warnings always; `-v` adds debug, `-vv` trace. `BOXRUN_LOG` (e.g. `debug`) does the same.
+fn init_logging(verbose: u8) {
+    let from_env = std::env::var("BOXRUN_LOG").ok().and_then(|v| v.parse().ok());
+    let level = match verbose {
+        0 => from_env.unwrap_or(tracing::Level::WARN),
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
