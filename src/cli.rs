@@ -28,7 +28,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch an image from its registry into your cache
-    #[command(after_help = "Credentials come from ~/.docker/config.json or $XDG_RUNTIME_DIR/containers/auth.json.")]
+    #[command(
+        after_help = "Credentials come from ~/.docker/config.json or $XDG_RUNTIME_DIR/containers/auth.json."
+    )]
     Pull(PullArgs),
     /// List the images in your cache
     Images(ImagesArgs),

@@ -30,12 +30,15 @@ fn pull_command(settings: &Settings, store: &Store, args: PullArgs) -> Result<i3
     let options = PullOptions { platform, offline: args.offline };
     let record = pull(settings, store, &reference, &options, &progress)?;
     if !args.quiet {
+        let layers = match record.layers.len() {
+            1 => "1 layer".to_string(),
+            n => format!("{n} layers"),
+        };
         progress.note(&format!(
-            "{}: {} ({}, {} layers, {})",
+            "{}: {} ({}, {layers}, {})",
             record.reference,
             record.manifest,
             record.platform,
-            record.layers.len(),
             human_bytes(record.size)
         ));
     }

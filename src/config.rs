@@ -186,10 +186,8 @@ fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
         Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
     };
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.into(),
-        message: e.message().to_string(),
-    })
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })
 }
 
 #[cfg(test)]

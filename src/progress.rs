@@ -42,7 +42,8 @@ pub enum Outcome {
 
 impl Progress {
     pub fn new(mode: Mode) -> Progress {
-        let target = if mode == Mode::Bars { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target =
+            if mode == Mode::Bars { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
         Progress { mode, multi: MultiProgress::with_draw_target(target) }
     }
 

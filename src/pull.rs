@@ -63,14 +63,24 @@ pub fn pull(
     if options.offline {
         return resolve_offline(store, reference, &platform);
     }
-    let _users = store
-        .lock_users(|| progress.note("waiting for `boxrun gc` to finish"))
-        .map_err(store_error)?;
-    let client = Client::new(settings, reference)
-        .map_err(|source| PullError::Registry { reference: name.clone(), source })?;
-    let image = resolve_manifest(&client, store, reference, &platform)?;
-    fetch_blobs(&client, store, &image.blobs, progress)
-        .map_err(|e| e.into_pull_error(&name))?;
+    let _users =
+        store.lock_users(|| progress.note("waiting for `boxrun gc` to finish")).map_err(store_error)?;
+    let registry_error = |source| PullError::Registry { reference: name.clone(), source };
+    let origin = Client::new(settings, reference).map_err(registry_error)?;
+    let image = match Client::mirror(settings, reference).map_err(registry_error)? {
+        Some(mirror) => match fetch_image(&mirror, store, reference, &platform, progress) {
+            Err(PullError::Registry { source, .. }) => {
+                progress.note(&format!(
+                    "mirror {} failed ({source}); trying {}",
+                    mirror.registry(),
+                    origin.registry()
+                ));
+                fetch_image(&origin, store, reference, &platform, progress)?
+            }
+            result => result?,
+        },
+        None => fetch_image(&origin, store, reference, &platform, progress)?,
+    };
     let record = ImageRecord {
         reference: name.clone(),
         platform,
@@ -85,13 +95,31 @@ pub fn pull(
     Ok(record)
 }
 
-fn resolve_offline(store: &Store, reference: &Reference, platform: &Platform) -> Result<ImageRecord, PullError> {
+fn resolve_offline(
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<ImageRecord, PullError> {
     let not_cached = || PullError::NotCached { reference: reference.to_string(), platform: platform.clone() };
     let record = store
         .load_record(reference, platform)
         .map_err(|source| PullError::Store { reference: reference.to_string(), source })?
         .ok_or_else(not_cached)?;
     if record.blobs().all(|d| store.has_blob(d)) { Ok(record) } else { Err(not_cached()) }
+}
+
+/// Resolve the manifest and make every blob it names present, from one registry (or mirror).
+fn fetch_image(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    progress: &Progress,
+) -> Result<Resolved, PullError> {
+    let image = resolve_manifest(client, store, reference, platform)?;
+    fetch_blobs(client, store, &image.blobs, progress)
+        .map_err(|e| e.into_pull_error(&reference.to_string()))?;
+    Ok(image)
 }
 
 /// The manifest chosen for this platform: its digest, its index's, and config + layers.
@@ -122,7 +150,8 @@ fn resolve_manifest(
             (load_or_fetch_manifest(client, store, &digest).map_err(registry_error)?, Some(top.digest))
         }
     };
-    let Manifest::Image(image) = manifest::parse(&raw, "the platform's manifest").map_err(image_error)? else {
+    let Manifest::Image(image) = manifest::parse(&raw, "the platform's manifest").map_err(image_error)?
+    else {
         return Err(image_error("an index points to another index; boxrun reads one level".into()));
     };
     store.put_blob(&raw.digest, &raw.bytes).map_err(store_error)?;
@@ -135,7 +164,11 @@ fn resolve_manifest(
 }
 
 /// A platform manifest by digest: from the store when present (a warm pull), else the registry.
-fn load_or_fetch_manifest(client: &Client, store: &Store, digest: &Digest) -> Result<RawManifest, RegistryError> {
+fn load_or_fetch_manifest(
+    client: &Client,
+    store: &Store,
+    digest: &Digest,
+) -> Result<RawManifest, RegistryError> {
     if let Ok(bytes) = store.read_blob(digest) {
         let media_type = manifest::sniff_media_type(&bytes);
         return Ok(RawManifest { bytes, digest: digest.clone(), media_type });
@@ -158,7 +191,12 @@ impl BlobError {
 }
 
 /// Download the missing blobs, `MAX_PARALLEL_BLOBS` at a time; the first error stops the rest.
-fn fetch_blobs(client: &Client, store: &Store, blobs: &[Wanted], progress: &Progress) -> Result<(), BlobError> {
+fn fetch_blobs(
+    client: &Client,
+    store: &Store,
+    blobs: &[Wanted],
+    progress: &Progress,
+) -> Result<(), BlobError> {
     let queue = Mutex::new(blobs.iter().cloned().collect::<VecDeque<_>>());
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);

@@ -109,9 +109,7 @@ fn split_tag(rest: &str) -> (&str, Option<&str>) {
 
 fn split_registry<'a>(name: &'a str, default_registry: &str) -> (String, &'a str) {
     match name.split_once('/') {
-        Some((first, path))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
+        Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             let registry = if first == "index.docker.io" { DOCKER_HUB } else { first };
             (registry.to_string(), path)
         }
@@ -132,9 +130,7 @@ fn check_tag(tag: &str) -> Result<(), String> {
 
 fn check_registry(registry: &str) -> Result<(), String> {
     let (host, port) = match registry.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || registry.starts_with('[') => {
-            (host, Some(port))
-        }
+        Some((host, port)) if !host.ends_with(']') || registry.starts_with('[') => (host, Some(port)),
         _ => (registry, None),
     };
     let host_ok = if let Some(v6) = host.strip_prefix('[') {

@@ -165,7 +165,8 @@ mod tests {
 
     #[test]
     fn bearer_challenges_with_commas_in_scope() {
-        let header = r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#;
+        let header =
+            r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#;
         assert_eq!(
             parse_challenge(header),
             Some(Challenge::Bearer {

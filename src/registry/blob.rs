@@ -46,7 +46,12 @@ impl Client {
                 Err(Interrupted::Transient(message)) => {
                     let url = self.url("blobs", &digest.to_string());
                     let hint = "; check the network and pull again: the download resumes where it stopped";
-                    return Err(RegistryError::Network { registry: self.registry.clone(), url, message, hint });
+                    return Err(RegistryError::Network {
+                        registry: self.registry.clone(),
+                        url,
+                        message,
+                        hint,
+                    });
                 }
                 Err(Interrupted::Fatal(e)) => return Err(e),
             }

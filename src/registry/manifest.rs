@@ -27,8 +27,8 @@ pub struct RawManifest {
 }
 
 pub enum Manifest {
-    Index(ImageIndex),
-    Image(ImageManifest),
+    Index(Box<ImageIndex>),
+    Image(Box<ImageManifest>),
 }
 
 impl Client {
@@ -63,7 +63,6 @@ impl Client {
         let media_type = media_type_of(&content_type, &bytes);
         Ok(RawManifest { bytes, digest, media_type })
     }
-
 }
 
 /// The media type of a manifest read back from the store.
@@ -94,9 +93,11 @@ fn media_type_of(content_type: &str, bytes: &[u8]) -> String {
 pub fn parse(raw: &RawManifest, what: &str) -> Result<Manifest, String> {
     let bad = |e: oci_spec::OciSpecError| format!("{what} is not a valid manifest: {e}");
     match raw.media_type.as_str() {
-        OCI_INDEX | DOCKER_LIST => ImageIndex::from_reader(&raw.bytes[..]).map(Manifest::Index).map_err(bad),
+        OCI_INDEX | DOCKER_LIST => {
+            ImageIndex::from_reader(&raw.bytes[..]).map(|i| Manifest::Index(Box::new(i))).map_err(bad)
+        }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            ImageManifest::from_reader(&raw.bytes[..]).map(Manifest::Image).map_err(bad)
+            ImageManifest::from_reader(&raw.bytes[..]).map(|m| Manifest::Image(Box::new(m))).map_err(bad)
         }
         m if m.starts_with(DOCKER_SCHEMA1) => Err(format!(
             "{what} uses Docker schema 1, which registries retired in 2019; push the image again with a current client"
@@ -107,11 +108,8 @@ pub fn parse(raw: &RawManifest, what: &str) -> Result<Manifest, String> {
 
 /// The entry of `index` for `wanted`, or an error listing what the index offers.
 pub fn choose_platform(index: &ImageIndex, wanted: &Platform) -> Result<Descriptor, String> {
-    let offered: Vec<(Platform, &Descriptor)> = index
-        .manifests()
-        .iter()
-        .filter_map(|d| d.platform().as_ref().map(|p| (to_platform(p), d)))
-        .collect();
+    let offered: Vec<(Platform, &Descriptor)> =
+        index.manifests().iter().filter_map(|d| d.platform().as_ref().map(|p| (to_platform(p), d))).collect();
     if let Some((_, descriptor)) = offered.iter().find(|(p, _)| wanted.matches(p)) {
         return Ok((*descriptor).clone());
     }

@@ -31,9 +31,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 pub enum RegistryError {
     #[error("cannot reach registry {registry} ({url}): {message}{hint}")]
     Network { registry: String, url: String, message: String, hint: &'static str },
-    #[error(
-        "registry {registry} refused {what}: HTTP 401 Unauthorized; {hint}"
-    )]
+    #[error("registry {registry} refused {what}: HTTP 401 Unauthorized; {hint}")]
     Unauthorized { registry: String, what: String, hint: String },
     #[error("{what} not found on registry {registry} (HTTP 404); check the name and tag")]
     NotFound { registry: String, what: String },
@@ -61,8 +59,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the repository `reference` names, on its registry (`mirror: false`) or on
-    /// the mirror configured for that registry.
+    /// A client for the repository `reference` names, on its registry.
     pub fn new(settings: &Settings, reference: &Reference) -> Result<Client, RegistryError> {
         Client::for_host(settings, &reference.registry, reference.api_host(), &reference.repository)
     }
@@ -87,7 +84,10 @@ impl Client {
     ) -> Result<Client, RegistryError> {
         install_crypto_provider();
         let config = settings.registry(registry);
-        let scheme = if config.insecure || is_loopback(api_host) { "http" } else { "https" };
+        // A CA file says the registry speaks TLS, even on loopback; otherwise loopback and
+        // registries configured insecure get plain HTTP, and everything else HTTPS.
+        let plain = config.ca_file.is_none() && (config.insecure || is_loopback(api_host));
+        let scheme = if plain { "http" } else { "https" };
         let mut builder = HttpClient::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(30))
@@ -128,7 +128,12 @@ impl Client {
 
     /// GET with authentication and retries. `what` names the object in errors.
     /// A non-success status other than 401/404/5xx is returned to the caller to interpret.
-    fn get(&self, url: &str, what: &str, customize: impl Fn(RequestBuilder) -> RequestBuilder) -> Result<Response, RegistryError> {
+    fn get(
+        &self,
+        url: &str,
+        what: &str,
+        customize: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
         let mut authenticated = false;
         let mut attempt = 0;
         loop {
@@ -153,7 +158,10 @@ impl Client {
                 }
                 StatusCode::UNAUTHORIZED => return Err(self.unauthorized(what)),
                 StatusCode::NOT_FOUND => {
-                    return Err(RegistryError::NotFound { registry: self.registry.clone(), what: what.into() });
+                    return Err(RegistryError::NotFound {
+                        registry: self.registry.clone(),
+                        what: what.into(),
+                    });
                 }
                 s if (s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS) && attempt < ATTEMPTS => {
                     tracing::debug!("{url}: {s}; retrying");
@@ -173,7 +181,9 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(auth::parse_challenge);
         let value = match challenge {
-            Some(Challenge::Bearer { realm, service, scope }) => self.fetch_token(&realm, service, scope, what)?,
+            Some(Challenge::Bearer { realm, service, scope }) => {
+                self.fetch_token(&realm, service, scope, what)?
+            }
             Some(Challenge::Basic) => match &self.credentials {
                 Some(credentials) => credentials.basic_header(),
                 None => return Err(self.unauthorized(what)),
@@ -208,11 +218,14 @@ impl Client {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized(what)),
             status => return Err(self.status_error(realm, status, response)),
         }
-        let unreadable = |e: String| self.protocol(format!("the token service {realm} sent an unreadable answer: {e}"));
+        let unreadable =
+            |e: String| self.protocol(format!("the token service {realm} sent an unreadable answer: {e}"));
         let body = response.bytes().map_err(|e| unreadable(e.to_string()))?;
-        let token: auth::TokenResponse = serde_json::from_slice(&body).map_err(|e| unreadable(e.to_string()))?;
-        let token =
-            token.into_token().ok_or_else(|| self.protocol(format!("the token service {realm} sent no token")))?;
+        let token: auth::TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| unreadable(e.to_string()))?;
+        let token = token
+            .into_token()
+            .ok_or_else(|| self.protocol(format!("the token service {realm} sent no token")))?;
         Ok(format!("Bearer {token}"))
     }
 
@@ -269,8 +282,7 @@ pub fn is_loopback(api_host: &str) -> bool {
         _ => api_host,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_transient(error: &reqwest::Error) -> bool {

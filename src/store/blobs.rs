@@ -53,12 +53,8 @@ impl Store {
     pub fn partial(&self, digest: &Digest) -> Result<Partial, StoreError> {
         let path = self.tmp_dir().join(format!("{}.partial", digest.hex()));
         let io_err = |e| StoreError::io("open", &path, e);
-        let mut file = fs_err::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err)?;
+        let mut file =
+            fs_err::OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io_err)?;
         file.seek(SeekFrom::Start(0)).map_err(io_err)?;
         let (hasher, len) = crate::digest::hash_reader(&mut file).map_err(io_err)?;
         Ok(Partial { path, file, hasher, len })

@@ -62,7 +62,6 @@ impl Store {
     }
 }
 
-
 fn list(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, StoreError> {
     let mut out = Vec::new();
     for entry in fs_err::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {

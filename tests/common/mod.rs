@@ -1,0 +1,451 @@
+//! The test rig: real parts only.
+//!
+//! - the test images, built once per test process by `images/build.sh` (deterministic);
+//! - Debian's `docker-registry` on 127.0.0.1 on a free port, plain or TLS + htpasswd with a CA
+//!   generated here, killed when the test drops it (and by the kernel if the test dies);
+//! - images pushed by skopeo;
+//! - the boxrun binary run as the unprivileged user `boxrun-test` when the tests run as root,
+//!   with its own HOME, cache and config per test.
+//!
+//! A missing tool is a test failure with the package to install, never a skip.
+
+#![allow(dead_code)] // each test binary uses a different part of the rig
+#![allow(clippy::disallowed_methods)] // test set-up panics with its own context
+
+pub mod proxy;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub const TEST_USER: &str = "boxrun-test";
+pub const REGISTRY_USER: &str = "tester";
+pub const REGISTRY_PASSWORD: &str = "correct horse";
+
+/// Run a command, panicking with its output if it fails.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    assert!(found, "`{tool}` is missing: apt-get install {package} (or run tests/run)");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Kill `command`'s process when the thread that started it dies (a panicking test included).
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The OCI layouts of `images/`, built once per test process.
+pub fn images() -> &'static Path {
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        require_tool("python3", "python3");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
+        run_ok(Command::new("bash").arg(script).arg(&out));
+        out
+    })
+}
+
+/// The uid and gid boxrun runs as: the test user's under root, else our own.
+pub fn test_ids() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        if !is_root() {
+            // SAFETY: getuid/getgid have no preconditions.
+            return unsafe { (libc::getuid(), libc::getgid()) };
+        }
+        let id = |flag: &str| {
+            let out = Command::new("id").args([flag, TEST_USER]).output().expect("run id");
+            assert!(out.status.success(), "test user {TEST_USER} is missing: run tests/run (useradd)");
+            String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().expect("numeric id")
+        };
+        (id("-u"), id("-g"))
+    })
+}
+
+/// The boxrun binary, copied where the test user can execute it.
+pub fn boxrun_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let dir = PathBuf::from("/tmp/boxrun-test-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let staging = dir.join(format!(".boxrun.{}", std::process::id()));
+        std::fs::copy(env!("CARGO_BIN_EXE_boxrun"), &staging).unwrap();
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let binary = dir.join(format!("boxrun.{}", std::process::id()));
+        std::fs::rename(&staging, &binary).unwrap();
+        binary
+    })
+}
+
+/// One test's world: a home, a cache and config files owned by the test user.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("boxrun-test.").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = Env { dir };
+        for sub in ["home", "config/boxrun", "run", "cache", "etc"] {
+            env.mkdir(sub);
+        }
+        env
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    /// Make a directory (and its parents under the env) owned by the test user.
+    pub fn mkdir(&self, sub: &str) -> PathBuf {
+        let path = self.path(sub);
+        std::fs::create_dir_all(&path).unwrap();
+        let mut dir = path.as_path();
+        while dir != self.dir.path() {
+            chown(dir);
+            dir = dir.parent().unwrap();
+        }
+        path
+    }
+
+    /// Write a file owned by the test user.
+    pub fn write(&self, sub: &str, text: &str) -> PathBuf {
+        let path = self.path(sub);
+        std::fs::write(&path, text).unwrap();
+        chown(&path);
+        path
+    }
+
+    /// The user's config file (`~/.config/boxrun/config.toml`).
+    pub fn config(&self, toml: &str) {
+        self.write("config/boxrun/config.toml", toml);
+    }
+
+    /// `~/.docker/config.json` with credentials for `registry`.
+    pub fn docker_login(&self, registry: &str, user: &str, password: &str) {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.mkdir("home/.docker");
+        self.write(
+            "home/.docker/config.json",
+            &format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+        );
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache/v1")
+    }
+
+    /// A boxrun command as the test user, with this env's HOME, cache and config only.
+    pub fn boxrun(&self) -> Command {
+        let (uid, gid) = test_ids();
+        let mut command = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ]);
+            c.arg(boxrun_binary());
+            c
+        } else {
+            Command::new(boxrun_binary())
+        };
+        command
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", self.path("home"))
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env("BOXRUN_CACHE", self.path("cache"))
+            .env("BOXRUN_SYSTEM_CONFIG", self.path("etc/config.toml"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        die_with_parent(&mut command);
+        command
+    }
+
+    /// Run boxrun with `args`; its exit code, stdout and stderr.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.boxrun().args(args).output().expect("run boxrun");
+        Run::from(output)
+    }
+
+    /// The blobs in this env's cache, by hex digest.
+    pub fn cached_blobs(&self) -> Vec<String> {
+        let mut blobs: Vec<String> = std::fs::read_dir(self.cache().join("blobs/sha256"))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        blobs.sort();
+        blobs
+    }
+}
+
+fn chown(path: &Path) {
+    if is_root() {
+        let (uid, gid) = test_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    }
+}
+
+/// What a boxrun run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Run {
+        assert_eq!(self.code, 0, "boxrun failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, needle: &str) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit status:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        self
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made once per process.
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn tls() -> &'static Tls {
+    static TLS: OnceLock<Tls> = OnceLock::new();
+    TLS.get_or_init(|| {
+        require_tool("openssl", "openssl");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tls.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(&dir));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=boxrun test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let ca = dir.join("ca.pem");
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Tls { ca, cert: dir.join("server.pem"), key: dir.join("server.key") }
+    })
+}
+
+/// A running `docker-registry` on 127.0.0.1; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// A plain-HTTP registry.
+    pub fn start() -> Registry {
+        Registry::launch(false)
+    }
+
+    /// A TLS registry (see [`tls`]) that wants Basic auth as `REGISTRY_USER`.
+    pub fn start_tls_auth() -> Registry {
+        Registry::launch(true)
+    }
+
+    fn launch(secure: bool) -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if secure {
+            require_tool("htpasswd", "apache2-utils");
+            let tls = tls();
+            let htpasswd = run_ok(Command::new("htpasswd").args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD]));
+            std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: boxrun-test\n    path: {}\n",
+                tls.cert.display(),
+                tls.key.display(),
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new("docker-registry");
+        command.arg("serve").arg(&config_path).stdout(Stdio::null()).stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("start docker-registry");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        wait_until_listening(&mut child, &log);
+        Registry { child, addr, tls: secure, log, _dir: dir }
+    }
+
+    /// `127.0.0.1:PORT`, as written in image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Push `images/<image>` as `<name>:latest` with skopeo; the manifest digest it pushed.
+    pub fn push(&self, image: &str, name: &str) -> String {
+        require_tool("skopeo", "skopeo");
+        let digest_file = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new("skopeo");
+        command.args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--digestfile"]);
+        command.arg(digest_file.path());
+        if self.tls {
+            command.args(["--dest-creds", &format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}")]);
+        }
+        // skopeo reads only OCI media types from a layout, so the Docker-schema2 image is made
+        // by converting `tiny` on the way (byte-identical to images/tiny-docker). Every other
+        // image goes up unchanged: without --preserve-digests skopeo would gzip plain layers.
+        let source = match image {
+            "tiny-docker" => {
+                command.args(["--format", "v2s2"]);
+                "tiny"
+            }
+            _ => {
+                command.arg("--preserve-digests");
+                image
+            }
+        };
+        command.arg(format!("oci:{}:latest", images().join(source).display()));
+        command.arg(format!("docker://{}/{name}:latest", self.host()));
+        run_ok(&mut command);
+        std::fs::read_to_string(digest_file.path()).unwrap().trim().to_string()
+    }
+
+    /// A user config that points boxrun at this registry (the CA for TLS).
+    pub fn config_toml(&self) -> String {
+        if self.tls {
+            format!("[registries.\"{}\"]\nca_file = \"{}\"\n", self.host(), tls().ca.display())
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Read the registry's log until it says it is listening, then keep collecting it.
+fn wait_until_listening(child: &mut Child, log: &Arc<Mutex<Vec<String>>>) {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let ready = line.contains("listening on");
+        log.lock().unwrap().push(line);
+        if ready {
+            let log = Arc::clone(log);
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+            return;
+        }
+    }
+    panic!("docker-registry exited before listening:\n{}", log.lock().unwrap().join("\n"));
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
