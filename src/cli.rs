@@ -50,6 +50,9 @@ pub struct PullArgs {
     /// Use only the cache: no network at all (fails if the image is not cached)
     #[arg(long)]
     pub offline: bool,
+    /// Only fetch the blobs; do not unpack the image's rootfs (a job unpacks it when it starts)
+    #[arg(long)]
+    pub no_unpack: bool,
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,

@@ -9,12 +9,13 @@ use crate::platform::Platform;
 use crate::progress::{self, Progress, human_bytes};
 use crate::pull::{PullOptions, pull};
 use crate::reference::Reference;
+use crate::rootfs;
 use crate::store::Store;
 
 /// Run one subcommand; the exit status on success.
 pub fn dispatch(command: Command) -> Result<i32, Error> {
     let settings = Settings::load()?;
-    let store = Store::open(&settings.cache_dir)?;
+    let store = Store::open(&settings.cache_dir, &settings.data_dir)?;
     match command {
         Command::Pull(args) => pull_command(&settings, &store, args),
         Command::Images(args) => images_command(&store, args),
@@ -29,6 +30,9 @@ fn pull_command(settings: &Settings, store: &Store, args: PullArgs) -> Result<i3
     let progress = Progress::new(progress::Mode::detect(args.quiet));
     let options = PullOptions { platform, offline: args.offline };
     let record = pull(settings, store, &reference, &options, &progress)?;
+    if !args.no_unpack {
+        rootfs::ensure(store, &record, &progress)?;
+    }
     if !args.quiet {
         let layers = match record.layers.len() {
             1 => "1 layer".to_string(),
@@ -98,9 +102,10 @@ fn gc_command(store: &Store, args: GcArgs) -> Result<i32, Error> {
         print(format_args!("{}\n", serde_json::to_string(&report).expect("report serialises")));
     } else {
         print(format_args!(
-            "removed {} blobs ({}) and {} staging entries\n",
+            "removed {} blobs ({}), {} unpacked images and {} staging entries\n",
             report.blobs_removed,
             human_bytes(report.bytes_freed),
+            report.rootfs_removed,
             report.staging_removed
         ));
     }

@@ -1,7 +1,7 @@
 //! boxrun: run OCI container images in HPC batch jobs, with no daemon, no setuid bit and no root.
 //!
-//! The pipeline, one module per stage: [`reference`] → [`registry`] → [`store`] (→ unpack →
-//! rootfs → sandbox, in later modules). [`commands`] ties them to the [`cli`].
+//! The pipeline, one module per stage: [`reference`] → [`registry`] → [`store`] → [`unpack`] →
+//! [`rootfs`] (→ sandbox, in later modules). [`commands`] ties them to the [`cli`].
 
 pub mod cli;
 pub mod commands;
@@ -12,7 +12,9 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod store;
+pub mod unpack;
 
 use thiserror::Error;
 
@@ -32,6 +34,8 @@ pub enum Error {
     Pull(#[from] pull::PullError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
     #[error("no image '{0}' in the cache (see `boxrun images`)")]
     NotInCache(String),
 }

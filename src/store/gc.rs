@@ -14,6 +14,7 @@ use crate::digest::Digest;
 pub struct GcReport {
     pub blobs_removed: usize,
     pub bytes_freed: u64,
+    pub rootfs_removed: usize,
     pub staging_removed: usize,
 }
 
@@ -49,11 +50,26 @@ impl Store {
             report.blobs_removed += 1;
             report.bytes_freed += size;
         }
-        for (path, _) in list(&self.tmp_dir())? {
+        for (path, name) in list(&self.rootfs_dir())? {
+            if Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d)) {
+                continue;
+            }
+            remove(&path)?;
+            report.rootfs_removed += 1;
+        }
+        let mut staging = list(&self.tmp_dir())?;
+        if self.data_tmp_dir() != self.tmp_dir() {
+            staging.extend(list(&self.data_tmp_dir())?);
+        }
+        for (path, _) in staging {
             remove(&path)?;
             report.staging_removed += 1;
         }
-        for (path, name) in list(&self.locks_dir())? {
+        let mut locks = list(&self.locks_dir())?;
+        if self.data_locks_dir() != self.locks_dir() {
+            locks.extend(list(&self.data_locks_dir())?);
+        }
+        for (path, name) in locks {
             if name != "gc.lock" {
                 remove(&path)?;
             }

@@ -5,6 +5,8 @@
 //!          refs/<registry>/<repository>/<tag>/<platform>.json   reference → image record
 //!          tmp/                   staging (same file system, so rename is atomic)
 //!          locks/                 flock files: one per blob, `gc.lock` shared by users
+//! <data>/v1/rootfs/<manifest hex>  unpacked images (data defaults to the cache; sites put it
+//!          tmp/, locks/            on node-local disk), with their own staging and locks
 //! ```
 //!
 //! Nothing becomes visible except by `rename` of a complete, verified item, so a process killed
@@ -48,16 +50,32 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    data: PathBuf,
 }
 
 impl Store {
-    /// Open (creating if needed) the cache under `cache_dir`.
-    pub fn open(cache_dir: &Path) -> Result<Store, StoreError> {
-        let store = Store { root: cache_dir.join(FORMAT) };
-        for dir in [store.blobs_dir(), store.refs_dir(), store.tmp_dir(), store.locks_dir()] {
-            fs_err::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+    /// Open (creating if needed) the cache under `cache_dir`, with rootfs trees under `data_dir`.
+    pub fn open(cache_dir: &Path, data_dir: &Path) -> Result<Store, StoreError> {
+        let store = Store { root: cache_dir.join(FORMAT), data: data_dir.join(FORMAT) };
+        let dirs = [store.blobs_dir(), store.refs_dir(), store.tmp_dir(), store.locks_dir()];
+        let data_dirs = [store.rootfs_dir(), store.data_tmp_dir(), store.data_locks_dir()];
+        for dir in dirs.iter().chain(&data_dirs) {
+            fs_err::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
         Ok(store)
+    }
+
+    /// Unpacked images, one directory per manifest digest.
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.data.join("rootfs")
+    }
+
+    pub fn data_tmp_dir(&self) -> PathBuf {
+        self.data.join("tmp")
+    }
+
+    pub fn data_locks_dir(&self) -> PathBuf {
+        self.data.join("locks")
     }
 
     pub fn root(&self) -> &Path {
@@ -87,10 +105,12 @@ impl Store {
 
     /// A fresh staging path under `tmp/` (unique to this process and call).
     pub fn staging_path(&self, label: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir().join(format!("{label}.{}.{n}", std::process::id()))
+        unique_path(&self.tmp_dir(), label)
+    }
+
+    /// A fresh staging path on the data file system, for a rootfs being built.
+    pub fn data_staging_path(&self, label: &str) -> PathBuf {
+        unique_path(&self.data_tmp_dir(), label)
     }
 
     /// Write `bytes` to `dest` atomically: stage under `tmp/`, fsync, rename.
@@ -111,4 +131,11 @@ impl Store {
             StoreError::io("rename into place", dest, e)
         })
     }
+}
+
+fn unique_path(dir: &Path, label: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{label}.{}.{n}", std::process::id()))
 }
