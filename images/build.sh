@@ -6,11 +6,16 @@
 #                       the flattened result is described by images/layered.expect
 #   OUTDIR/multiarch    index.json -> image index -> linux/amd64 + linux/arm64/v8
 #   OUTDIR/tiny-docker  tiny with Docker schema2 media types
+#   OUTDIR/hostile-*    tiny's busybox layer + hostile layers for the extractor (escapes by
+#                       ../, absolute names, symlinks, hard links and whiteouts, 10000 nested
+#                       directories, symlink loops, devices, an 8 GiB gzip bomb), made by
+#                       images/mkhostile.py; images/hostile.expect says what each must give
 # Every layout tags its entry `latest`, e.g.
 #   skopeo copy oci:OUTDIR/tiny:latest docker://HOST/tiny:latest
 #   skopeo copy --all oci:OUTDIR/multiarch:latest docker://HOST/multiarch:latest
 # Deterministic: the same /bin/busybox always gives the same digests.
-# OUTDIR is built beside itself and renamed into place; an old OUTDIR is replaced.
+# OUTDIR is built beside itself and renamed into place; an old OUTDIR is replaced, but
+# its hostile-bomb layer (seconds to make) is reused when made by the same recipe.
 #
 # Usage: images/build.sh [-v] OUTDIR      (-v: say what was built)
 # Needs: bash, python3 (standard library), /bin/busybox (Debian: busybox-static).
@@ -53,6 +58,7 @@ trap cleanup EXIT
 rm -rf -- "$tmp"
 
 python3 "$here/mkimages.py" "${verbose[@]}" --busybox "$busybox" "$tmp"
+python3 "$here/mkhostile.py" "${verbose[@]}" --busybox "$busybox" --reuse "$out" "$tmp"
 
 if [ -e "$out" ] || [ -L "$out" ]; then
     mv -T -- "$out" "$old"

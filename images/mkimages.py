@@ -168,8 +168,11 @@ class Layer:
         self.comment = comment
 
 
-def image(layout, layers, cmd, arch, variant=None, docker=False, annotations=None):
-    """Write config + manifest for `layers` into `layout`; return the manifest descriptor."""
+def image(layout, layers, cmd, arch, variant=None, docker=False, annotations=None,
+          tool="mkimages.py"):
+    """Write config + manifest for `layers` into `layout`; return the manifest descriptor.
+
+    `tool` names the script in each history entry's created_by."""
     config = {
         "created": CREATED,
         "architecture": arch,
@@ -179,7 +182,7 @@ def image(layout, layers, cmd, arch, variant=None, docker=False, annotations=Non
     config["os"] = "linux"
     config["config"] = {"Env": [PATH_ENV], "Cmd": cmd}
     config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in layers]}
-    config["history"] = [{"created": CREATED, "created_by": "boxrun images/mkimages.py: " + l.comment}
+    config["history"] = [{"created": CREATED, "created_by": "boxrun images/%s: %s" % (tool, l.comment)}
                          for l in layers]
     cfg_desc = layout.blob(DOCKER_CONFIG if docker else OCI_CONFIG, dump(config))
     layer_descs = []

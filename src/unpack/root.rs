@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -220,16 +220,29 @@ fn set_mtime(fd: std::os::fd::BorrowedFd<'_>, mtime: i64) -> io::Result<()> {
     futimens(fd, &TimeSpec::UTIME_OMIT, &mtime).map_err(io)
 }
 
+/// Copy file content, seeking over all-zero chunks instead of writing them: zero-filled files
+/// (and decompression bombs made of zeros) take no disk space, as with `cp --sparse=auto`.
 fn copy(reader: &mut dyn Read, writer: &mut File, buf: &mut [u8]) -> io::Result<u64> {
     let mut total = 0;
+    let mut ends_in_hole = false;
     loop {
         let n = match reader.read(buf) {
-            Ok(0) => return Ok(total),
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        writer.write_all(&buf[..n])?;
+        let chunk = &buf[..n];
+        ends_in_hole = chunk.iter().all(|&b| b == 0);
+        if ends_in_hole {
+            writer.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            writer.write_all(chunk)?;
+        }
         total += n as u64;
     }
+    if ends_in_hole {
+        writer.set_len(total)?; // a trailing hole needs the length set explicitly
+    }
+    Ok(total)
 }

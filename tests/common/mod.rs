@@ -204,6 +204,21 @@ impl Env {
         Run::from(output)
     }
 
+    /// Run boxrun with `args`, killed (exit -1) if it runs longer than `seconds`.
+    pub fn run_within(&self, seconds: u32, args: &[&str]) -> Run {
+        let inner = self.boxrun();
+        let mut command = Command::new("timeout");
+        command.args(["--signal=KILL", &seconds.to_string()]).arg(inner.get_program()).args(inner.get_args());
+        command.args(args).env_clear().envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        command.current_dir(self.dir.path()).stdin(Stdio::null());
+        let output = command.output().expect("run boxrun");
+        let mut run = Run::from(output);
+        if run.code == 137 {
+            run.code = -1; // killed by timeout: report it as a death, not an exit status
+        }
+        run
+    }
+
     /// The blobs in this env's cache, by hex digest.
     pub fn cached_blobs(&self) -> Vec<String> {
         let mut blobs: Vec<String> = std::fs::read_dir(self.cache().join("blobs/sha256"))
