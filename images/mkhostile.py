@@ -124,12 +124,13 @@ class _Sink:
 
 
 class Layer:
-    """A gzip layer: what mkimages.image() needs (blob, diff_id, compressed, comment)."""
+    """A gzip layer: what mkimages.image() needs (blob, diff_id, compressed, media_type, comment)."""
 
     def __init__(self, blob, diff_id, comment, tar_size):
         self.blob = blob
         self.diff_id = diff_id
         self.compressed = True
+        self.media_type = mk.OCI_LAYER_GZIP
         self.comment = comment
         self.tar_size = tar_size
 

@@ -3,7 +3,7 @@
 
 Usage: mkimages.py [-v] [--busybox PATH] OUTDIR
 
-Writes OUTDIR/{tiny,layered,multiarch,tiny-docker}, each an OCI image layout
+Writes OUTDIR/{tiny,layered,multiarch,tiny-docker,tiny-zstd,tiny-mislabeled}, each an OCI image layout
 (oci-layout, index.json, blobs/sha256/...) whose index.json names its one
 entry with org.opencontainers.image.ref.name=latest. Called by build.sh, which
 builds into a temporary directory and renames it into place.
@@ -16,6 +16,8 @@ digests. Python 3 standard library only.
 
 import gzip
 import hashlib
+import shutil
+import subprocess
 import io
 import json
 import os
@@ -34,6 +36,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -159,12 +162,27 @@ def dump(obj):
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def zstd_bytes(data):
+    """zstd at a fixed level: deterministic for one zstd version (Debian's `zstd` CLI)."""
+    if shutil.which("zstd") is None:
+        sys.exit("mkimages.py: zstd not found: apt-get install zstd")
+    return subprocess.run(["zstd", "-q", "-19", "-c"], input=data, stdout=subprocess.PIPE, check=True).stdout
+
+
 class Layer:
-    def __init__(self, entries, compressed=True, comment=""):
+    """A layer; `label` overrides its media type (to test registries that lie about it)."""
+
+    def __init__(self, entries, compressed=True, comment="", zstd=False, label=None):
         self.tar = make_tar(entries)
         self.diff_id = sha256(self.tar)
         self.compressed = compressed
-        self.blob = gzip_bytes(self.tar) if compressed else self.tar
+        if zstd:
+            self.blob, self.media_type = zstd_bytes(self.tar), OCI_LAYER_ZSTD
+        elif compressed:
+            self.blob, self.media_type = gzip_bytes(self.tar), OCI_LAYER_GZIP
+        else:
+            self.blob, self.media_type = self.tar, OCI_LAYER_TAR
+        self.media_type = label or self.media_type
         self.comment = comment
 
 
@@ -192,7 +210,7 @@ def image(layout, layers, cmd, arch, variant=None, docker=False, annotations=Non
                 raise ValueError("docker schema2 images here use gzip layers only")
             mt = DOCKER_LAYER_GZIP
         else:
-            mt = OCI_LAYER_GZIP if l.compressed else OCI_LAYER_TAR
+            mt = l.media_type
         layer_descs.append(layout.blob(mt, l.blob))
     if docker:
         # Docker's own key order (mediaType, size, digest): then
@@ -354,6 +372,16 @@ def build(out, busybox):
     # 4. tiny-docker: tiny's content with Docker schema2 media types.
     lay = Layout(os.path.join(out, "tiny-docker"))
     lay.finish(image(lay, [tiny_layer], ["/hello"], arch, variant, docker=True))
+
+    # 5. tiny-zstd: tiny's content in a zstd layer.
+    lay = Layout(os.path.join(out, "tiny-zstd"))
+    zstd_layer = Layer(tiny_entries(busybox), comment="busybox, /hello (zstd)", zstd=True)
+    lay.finish(image(lay, [zstd_layer], ["/hello"], arch, variant))
+
+    # 6. tiny-mislabeled: tiny's gzip layer, declared as an uncompressed tar.
+    lay = Layout(os.path.join(out, "tiny-mislabeled"))
+    lying_layer = Layer(tiny_entries(busybox), comment="gzip labelled as tar", label=OCI_LAYER_TAR)
+    lay.finish(image(lay, [lying_layer], ["/hello"], arch, variant))
 
 
 def main(argv):

@@ -218,3 +218,19 @@ fn assert_only_gc_lock_left(env: &Env) {
         assert!(left.is_empty(), "{} keeps {left:?}", dir.display());
     }
 }
+
+#[test]
+fn zstd_layers_and_layers_whose_media_type_lies_unpack_by_their_magic_bytes() {
+    let registry = Registry::start();
+    let env = Env::new();
+    for image in ["tiny-zstd", "tiny-mislabeled"] {
+        registry.push(image, image);
+        let rootfs = pull_rootfs(&env, &registry, image);
+        let hello = std::fs::read_to_string(rootfs.join("hello")).unwrap();
+        assert!(hello.contains("hello from boxrun tiny image"), "{image}: {hello}");
+        assert_eq!(
+            std::fs::read(rootfs.join("bin/busybox")).unwrap(),
+            std::fs::read("/bin/busybox").unwrap()
+        );
+    }
+}
