@@ -234,3 +234,17 @@ fn zstd_layers_and_layers_whose_media_type_lies_unpack_by_their_magic_bytes() {
         );
     }
 }
+
+#[test]
+fn device_nodes_and_fifos_are_skipped_with_one_summary_line() {
+    let registry = Registry::start();
+    registry.push("hostile-device", "devices");
+    let env = Env::new();
+    let run = env.run(&["pull", &format!("{}/devices", registry.host())]);
+    let rootfs = rootfs_of(&env, run.ok().stdout.trim());
+    let notes: Vec<_> = run.stderr.lines().filter(|l| l.contains("skipped")).collect();
+    assert_eq!(notes.len(), 1, "{}", run.stderr);
+    assert!(notes[0].contains("2 device nodes and 1 fifos"), "{}", notes[0]);
+    assert!(rootfs.join("ok").is_file());
+    assert!(std::fs::symlink_metadata(rootfs.join("dev/evil-null")).is_err());
+}

@@ -1,0 +1,78 @@
+# Shared by the benchmarks: a TLS docker-registry on 127.0.0.1, images pushed with skopeo, and
+# commands run as the unprivileged user boxrun-test. Source it; call bench_setup first.
+# shellcheck shell=bash
+
+BENCH_USER=boxrun-test
+
+# bench_setup WORKDIR: build boxrun, the test images and the big image; start the registry.
+bench_setup() {
+    work=$1
+    mkdir -p "$work"
+    chmod 755 "$work"
+    cargo build --release --locked -q
+    install -m 755 target/release/boxrun "$work/boxrun"
+    bash images/build.sh "$work/images"
+    bash bench/mkbig "$work/big"
+    bench_tls "$work/tls"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    REGISTRY=127.0.0.1:$port
+    mkdir -p "$work/registry"
+    cat > "$work/registry.yml" <<YAML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: $REGISTRY, tls: {certificate: $work/tls/server.pem, key: $work/tls/server.key}}
+YAML
+    docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+    REGISTRY_PID=$!
+    trap 'kill $REGISTRY_PID 2>/dev/null || true' EXIT
+    until curl_ok; do sleep 0.1; done
+    bench_push "$work/images/layered" layered
+    bench_push "$work/big" big
+}
+
+curl_ok() {
+    python3 - "$REGISTRY" "$work/tls/ca.pem" <<'PY' 2>/dev/null
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+urllib.request.urlopen(f"https://{sys.argv[1]}/v2/", context=ctx)
+PY
+}
+
+bench_tls() {
+    local dir=$1
+    [ -f "$dir/server.pem" ] && return
+    mkdir -p "$dir"
+    (cd "$dir"
+     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 30 -subj /CN=bench-ca 2>/dev/null
+     openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
+     openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 30 -extfile ext.cnf 2>/dev/null
+     chmod 644 ca.pem)
+}
+
+# bench_push LAYOUT NAME
+bench_push() {
+    skopeo copy --quiet --preserve-digests --dest-tls-verify=false "oci:$1:latest" "docker://$REGISTRY/$2:latest"
+}
+
+# bench_user_env DIR: the environment a benchmarked command runs in (HOME and caches in DIR).
+bench_as_user() {
+    setpriv --reuid "$BENCH_USER" --regid "$BENCH_USER" --clear-groups -- "$@"
+}
+
+# median_table JSON...: print "command median_s min_s ratio_to_first" for hyperfine exports.
+ratios() {
+    python3 - "$@" <<'PY'
+import json, sys
+rows = []
+for path in sys.argv[1:]:
+    for r in json.load(open(path))["results"]:
+        rows.append((r["command"], r["median"], r["min"]))
+base = rows[0][1]
+print(f"| {'command':<34} | median | min | ratio to boxrun |")
+print(f"|{'-'*36}|-------:|----:|----------------:|")
+for name, median, low in rows:
+    print(f"| {name:<34} | {median:.2f} s | {low:.2f} s | {median / base:.2f}× |")
+PY
+}
