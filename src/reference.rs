@@ -62,6 +62,10 @@ impl Reference {
         } else {
             path.to_string()
         };
+        // After normalisation, so that the name printed parses again (found by fuzzing).
+        if repository.len() > MAX_NAME_LEN {
+            return Err(error(format!("the repository name is longer than {MAX_NAME_LEN} characters")));
+        }
         let tag = match (tag, &digest) {
             (None, None) => Some(DEFAULT_TAG.to_string()),
             (tag, _) => tag.map(str::to_string),
@@ -159,9 +163,6 @@ fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("the repository name is empty".into());
     }
-    if path.len() > MAX_NAME_LEN {
-        return Err(format!("the repository name is longer than {MAX_NAME_LEN} characters"));
-    }
     for component in path.split('/') {
         if component.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(format!(
@@ -247,6 +248,14 @@ mod tests {
         assert!(problem("host.io:99999/x").contains("port '99999'"));
         assert!(problem("x@sha256:abc").contains("64 lowercase hex"));
         assert!(problem("").contains("empty"));
+    }
+
+    #[test]
+    fn the_length_limit_counts_the_library_prefix() {
+        let name = "a".repeat(250);
+        assert!(problem(&name).contains("longer than 255"));
+        let printed = Reference::parse(&"a".repeat(247), DOCKER_HUB).unwrap().to_string();
+        assert!(Reference::parse(&printed, DOCKER_HUB).is_ok());
     }
 
     #[test]
