@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
+  boxrun ghcr.io/org/app:1.4 ./solver in.dat   run a job in the image (short for `boxrun run`)
   boxrun pull ghcr.io/org/app:1.4          fetch an image into your cache (on a login node)
   boxrun pull --platform linux/arm64 debian
   boxrun images                            list cached images
@@ -11,14 +12,15 @@ Examples:
   boxrun gc                                free what no cached image needs
 
 Images are cached per user under $BOXRUN_CACHE (default ~/.cache/boxrun).
-Exit status: 0 success, 125 boxrun itself failed (the message says why).";
+Exit status: the job's own status; 128+N if a signal N killed it; 125 boxrun itself
+failed (the message says why); 126 the command cannot be executed; 127 it was not found.";
 
 /// Run OCI container images in HPC batch jobs: no daemon, no setuid, no root.
 #[derive(Debug, Parser)]
 #[command(name = "boxrun", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// Print debug detail (HTTP requests, locks) to stderr; twice for more.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     #[command(subcommand)]
@@ -27,6 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in an image (pulled first if it is not cached): `boxrun IMAGE CMD...`
+    #[command(after_help = RUN_HELP)]
+    Run(Box<RunArgs>),
     /// Fetch an image from its registry into your cache
     #[command(
         after_help = "Credentials come from ~/.docker/config.json or $XDG_RUNTIME_DIR/containers/auth.json."
@@ -38,6 +43,98 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Delete blobs that no cached image needs, and staging left by killed processes
     Gc(GcArgs),
+    /// (internal) the start path after the re-exec: namespaces, PID 1, the job
+    #[command(name = "__init", hide = true)]
+    Init {
+        #[arg(long)]
+        plan_fd: i32,
+    },
+}
+
+const RUN_HELP: &str = "\
+The job runs as you (same uid and gid; --fakeroot maps you to root inside), in new user, PID
+and mount namespaces, with the host's network, in the cgroup the scheduler put you in. The
+image is read-only; /tmp and /var/tmp are private; your home and the current directory are
+bound (the job starts in the current directory); /dev, /proc, /sys are set up.
+Environment: the host's, then the image's Env, then --env-file, then -e.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Bind a host path into the container (repeatable)
+    #[arg(short = 'v', long = "bind", value_name = "SRC[:DST[:ro|rw]]")]
+    pub binds: Vec<String>,
+    /// Set an environment variable; KEY alone copies the host's value (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file of KEY=VALUE lines (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// Start from the image's environment only, not the host's
+    #[arg(long)]
+    pub clean_env: bool,
+    /// Working directory inside the container (default: the current directory)
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Replace the image's entrypoint ("" removes it)
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Let the job write to the image; the changes live in memory and vanish at exit
+    #[arg(long)]
+    pub writable_tmpfs: bool,
+    /// Map your user to root inside the container (it gains no privilege on the host)
+    #[arg(long)]
+    pub fakeroot: bool,
+    /// Do not bind your home directory
+    #[arg(long)]
+    pub no_home: bool,
+    /// Do not bind the current directory (the job starts in the image's WorkingDir)
+    #[arg(long)]
+    pub no_cwd: bool,
+    /// A private hostname namespace (see --hostname)
+    #[arg(long)]
+    pub uts: bool,
+    /// The container's hostname (implies --uts)
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// A private IPC namespace (and a private /dev/shm instead of the host's)
+    #[arg(long)]
+    pub ipc: bool,
+    /// A private network namespace with loopback only
+    #[arg(long)]
+    pub net: bool,
+    /// Print wall time, CPU time and peak memory of the job at exit (text or json), to stderr
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+    pub stats: Option<StatsArg>,
+    /// Platform to pull if the image is not cached yet
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// No progress output if the image must be pulled first
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image reference, as for `boxrun pull`
+    pub image: String,
+    /// The command and its arguments (default: the image's Entrypoint and Cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum StatsArg {
+    Text,
+    Json,
+}
+
+/// `boxrun IMAGE CMD...` means `boxrun run IMAGE CMD...`: insert `run` when the first
+/// argument is neither a subcommand nor a top-level flag.
+pub fn with_implicit_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else { return args };
+    let top_level_flags = ["-h", "--help", "-V", "--version", "--verbose"];
+    let is_subcommand = Cli::command().get_subcommands().any(|c| c.get_name() == first) || first == "help";
+    if !is_subcommand && !top_level_flags.contains(&first) {
+        args.insert(1, "run".into());
+    }
+    args
 }
 
 #[derive(Debug, Args)]

@@ -14,9 +14,14 @@ use crate::store::Store;
 
 /// Run one subcommand; the exit status on success.
 pub fn dispatch(command: Command) -> Result<i32, Error> {
+    if let Command::Init { plan_fd } = command {
+        crate::init::main(plan_fd); // the re-exec'd start path needs no settings
+    }
     let settings = Settings::load()?;
     let store = Store::open(&settings.cache_dir, &settings.data_dir)?;
     match command {
+        Command::Run(args) => crate::run::run(&settings, &store, *args),
+        Command::Init { .. } => unreachable!("handled above"),
         Command::Pull(args) => pull_command(&settings, &store, args),
         Command::Images(args) => images_command(&store, args),
         Command::Rmi(args) => rmi_command(&settings, &store, args),

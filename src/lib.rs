@@ -7,12 +7,16 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod digest;
+pub mod image;
+pub mod init;
 pub mod platform;
 pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
+pub mod run;
+pub mod sandbox;
 pub mod store;
 pub mod unpack;
 
@@ -36,6 +40,8 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Run(#[from] run::RunError),
     #[error("no image '{0}' in the cache (see `boxrun images`)")]
     NotInCache(String),
 }
@@ -44,5 +50,11 @@ impl Error {
     /// The documented exit status for this failure.
     pub fn exit_code(&self) -> i32 {
         EXIT_BOXRUN_FAILED
+    }
+}
+
+impl From<sandbox::plan::PlanError> for Error {
+    fn from(error: sandbox::plan::PlanError) -> Error {
+        Error::Run(run::RunError::Plan(error))
     }
 }

@@ -3,7 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    let cli = boxrun::cli::Cli::parse();
+    let args = boxrun::cli::with_implicit_run(std::env::args_os().collect());
+    let cli = boxrun::cli::Cli::parse_from(args);
     init_logging(cli.verbose);
     let code = match boxrun::commands::dispatch(cli.command) {
         Ok(code) => code,

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::config::{ConfigError, Settings};
 use crate::digest::Digest;
+use crate::image::RunConfig;
 use crate::platform::Platform;
 use crate::progress::{Outcome, Progress};
 use crate::reference::Reference;
@@ -81,6 +82,12 @@ pub fn pull(
         },
         None => fetch_image(&origin, store, reference, &platform, progress)?,
     };
+    let config = &image.blobs[0].digest;
+    let config_bytes = store.read_blob(config).map_err(store_error)?;
+    let run = RunConfig::from_config_json(&config_bytes).map_err(|message| PullError::Image {
+        reference: name.clone(),
+        message: format!("the image config {config} is not valid: {message}"),
+    })?;
     let record = ImageRecord {
         reference: name.clone(),
         platform,
@@ -90,6 +97,7 @@ pub fn pull(
         layers: image.blobs[1..].iter().map(|b| b.digest.clone()).collect(),
         size: image.blobs.iter().map(|b| b.size).sum(),
         pulled_at: now(),
+        run,
     };
     store.save_record(reference, &record).map_err(store_error)?;
     Ok(record)

@@ -58,7 +58,7 @@ impl Store {
     pub fn open(cache_dir: &Path, data_dir: &Path) -> Result<Store, StoreError> {
         let store = Store { root: cache_dir.join(FORMAT), data: data_dir.join(FORMAT) };
         let dirs = [store.blobs_dir(), store.refs_dir(), store.tmp_dir(), store.locks_dir()];
-        let data_dirs = [store.rootfs_dir(), store.data_tmp_dir(), store.data_locks_dir()];
+        let data_dirs = [store.rootfs_dir(), store.data_tmp_dir(), store.data_locks_dir(), store.mnt_dir()];
         for dir in dirs.iter().chain(&data_dirs) {
             fs_err::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
@@ -68,6 +68,12 @@ impl Store {
     /// Unpacked images, one directory per manifest digest.
     pub fn rootfs_dir(&self) -> PathBuf {
         self.data.join("rootfs")
+    }
+
+    /// An empty directory each container mounts its private tmpfs on (in its own mount
+    /// namespace: no container sees another's).
+    pub fn mnt_dir(&self) -> PathBuf {
+        self.data.join("mnt")
     }
 
     pub fn data_tmp_dir(&self) -> PathBuf {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 use crate::digest::Digest;
+use crate::image::RunConfig;
 use crate::platform::Platform;
 use crate::reference::Reference;
 
@@ -30,6 +31,9 @@ pub struct ImageRecord {
     pub size: u64,
     /// Seconds since the epoch.
     pub pulled_at: u64,
+    /// Entrypoint, Cmd, Env and WorkingDir from the image config: all a job start needs.
+    #[serde(default)]
+    pub run: RunConfig,
 }
 
 impl ImageRecord {

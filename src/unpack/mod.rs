@@ -8,7 +8,7 @@
 mod apply;
 mod decompress;
 pub mod entry;
-mod root;
+pub mod root;
 
 use std::path::{Path, PathBuf};
 

@@ -58,6 +58,11 @@ impl Root {
         &self.path
     }
 
+    /// The root directory's own fd.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     /// Open the directory `dir` (a cleaned image path) inside the root; with `create`, make
     /// missing components (mode 0700 until the final modes are applied).
     pub fn dir(&self, dir: &Path, create: bool) -> io::Result<OwnedFd> {
@@ -81,6 +86,34 @@ impl Root {
             parent = openat2(&self.fd, &prefix, how()).map_err(io)?;
         }
         Ok(parent)
+    }
+
+    /// A regular file at `path` to mount over: created if missing, and a symlink there (say
+    /// `/etc/resolv.conf -> ../run/...`) replaced by an empty file. Returns an `O_PATH` fd.
+    pub fn mountpoint_file(&self, path: &Path) -> io::Result<OwnedFd> {
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => (dir, name),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")),
+        };
+        let parent = self.dir(dir, true)?;
+        match Root::lstat(&parent, name)? {
+            Some(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {}
+            Some(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    format!("{} is a directory", path.display()),
+                ));
+            }
+            existing => {
+                if existing.is_some() {
+                    unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir).map_err(io)?;
+                }
+                let flags =
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                drop(openat(&parent, name, flags, Mode::from_bits_truncate(0o644)).map_err(io)?);
+            }
+        }
+        openat(&parent, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(io)
     }
 
     /// Remove whatever `name` is in `parent` (a whole tree for a directory); absent is fine.
@@ -212,6 +245,21 @@ impl Root {
         };
         fchmod(&fd, Mode::from_bits_truncate(mode | 0o700)).map_err(io)?;
         set_mtime(fd.as_fd(), mtime)
+    }
+}
+
+/// Read a small text file of an image (e.g. `etc/passwd`), resolving its path inside the
+/// rootfs; `None` if it does not exist.
+pub fn read_file(rootfs: &Path, path: &Path) -> io::Result<Option<String>> {
+    let root = Root::open(rootfs)?;
+    match openat2(&root.fd, path, in_root(OFlag::O_RDONLY | OFlag::O_NOCTTY)) {
+        Ok(fd) => {
+            let mut text = String::new();
+            File::from(fd).take(1 << 20).read_to_string(&mut text)?;
+            Ok(Some(text))
+        }
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(io(e)),
     }
 }
 

@@ -1,0 +1,235 @@
+//! The start path after the re-exec (`boxrun __init`): a fresh single-threaded process that
+//! enters the namespaces, forks PID 1, and relays signals and the exit status.
+//!
+//! ```text
+//! boxrun (outer, same pid after exec) ── relay: forwards signals to PID 1, exits with its status
+//!   └─ PID 1 (boxrun init) ── mounts, pivot_root, lock-down; forwards signals to the job, reaps
+//!        └─ the job
+//! ```
+//! If the outer process dies (even by SIGKILL), PID 1 gets SIGKILL (parent-death signal) and
+//! the kernel kills every process of the PID namespace with it.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::prctl;
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction, sigprocmask,
+};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execve, fork, pipe2};
+
+use crate::EXIT_BOXRUN_FAILED;
+use crate::sandbox::plan::{RunPlan, StatsFormat};
+use crate::sandbox::{lockdown, mount, ns};
+
+/// Signals a scheduler or a user sends that must reach the job.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGQUIT,
+    Signal::SIGCONT,
+];
+
+/// Report a failure of boxrun itself and exit 125.
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("boxrun: error: {message}");
+    std::process::exit(EXIT_BOXRUN_FAILED)
+}
+
+/// `boxrun __init --plan-fd N`: never returns.
+pub fn main(plan_fd: RawFd) -> ! {
+    let plan = read_plan(plan_fd).unwrap_or_else(|e| fail(format!("cannot read the run plan: {e}")));
+    let signals = forwarded(&plan);
+    let mut blocked = signals;
+    blocked.add(Signal::SIGCHLD);
+    // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
+        .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
+    ns::enter(&plan).unwrap_or_else(|e| fail(e));
+    // Closed by the kernel when this process dies: PID 1 watches it to close the race
+    // between its fork and its prctl(PR_SET_PDEATHSIG).
+    let (alive_read, alive_write) = pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
+    // ORDER: fork after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
+    // SAFETY: this process is single-threaded (a fresh exec that started no thread).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(alive_write);
+            pid1(&plan, signals, alive_read)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(alive_read);
+            let code = relay(child, signals);
+            drop(alive_write);
+            std::process::exit(code)
+        }
+        Err(e) => fail(format!("fork: {e}")),
+    }
+}
+
+fn read_plan(fd: RawFd) -> Result<RunPlan, String> {
+    // SAFETY: the outer boxrun passed us this fd (a memfd) for us alone to own and close.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+fn forwarded(plan: &RunPlan) -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        let interrupt = matches!(signal, Signal::SIGINT | Signal::SIGQUIT);
+        if plan.forward_interrupts || !interrupt {
+            set.add(signal);
+        }
+    }
+    set
+}
+
+/// Wait for `child`, forwarding `signals` to it; its exit status, or 128+N if a signal killed it.
+fn relay(child: Pid, signals: SigSet) -> i32 {
+    let mut waited = signals;
+    waited.add(Signal::SIGCHLD);
+    loop {
+        let signal = waited.wait().unwrap_or_else(|e| fail(format!("sigwait: {e}")));
+        if signal != Signal::SIGCHLD {
+            // The child may be gone already; its SIGCHLD is then pending.
+            let _ = kill(child, signal);
+            continue;
+        }
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => fail(format!("waitpid: {e}")),
+        }
+    }
+}
+
+/// PID 1 of the container: build it, start the job, forward, reap, exit with the job's status.
+fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
+    // ORDER: the parent-death signal before anything else, then the check that the parent
+    // did not die before it was set (its end of the pipe would be closed).
+    prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail(format!("prctl(PR_SET_PDEATHSIG): {e}")));
+    let mut poll_fds = [PollFd::new(parent_alive.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut poll_fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+        std::process::exit(EXIT_BOXRUN_FAILED);
+    }
+    mount::build(plan).unwrap_or_else(|e| fail(e));
+    if let Some(hostname) = &plan.hostname {
+        nix::unistd::sethostname(hostname).unwrap_or_else(|e| fail(format!("sethostname: {e}")));
+    }
+    if plan.namespaces.net {
+        crate::sandbox::net::loopback_up().unwrap_or_else(|e| fail(e));
+    }
+    // A PID 1 receives a signal from an ancestor namespace only if it has a handler for it
+    // (pid_namespaces(7)): install no-op ones; the signals stay blocked for sigwait.
+    for signal in signals.iter() {
+        let action = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
+        // SAFETY: `noop` is async-signal-safe (it does nothing).
+        unsafe { sigaction(signal, &action) }.unwrap_or_else(|e| fail(format!("sigaction: {e}")));
+    }
+    nix::unistd::chdir(&plan.workdir).unwrap_or_else(|e| {
+        fail(format!("cannot enter the working directory {}: {e}", plan.workdir.display()))
+    });
+    lockdown::apply().unwrap_or_else(|e| fail(e));
+    let start = Instant::now();
+    // SAFETY: PID 1 is single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => exec_job(plan),
+        Ok(ForkResult::Parent { child }) => {
+            let code = supervise(child, signals);
+            if let Some(format) = plan.stats {
+                print_stats(format, start, code);
+            }
+            std::process::exit(code)
+        }
+        Err(e) => fail(format!("fork: {e}")),
+    }
+}
+
+extern "C" fn noop(_: libc::c_int) {}
+
+/// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
+/// itself exits; the kernel kills what is left when PID 1 exits.
+fn supervise(job: Pid, signals: SigSet) -> i32 {
+    let mut waited = signals;
+    waited.add(Signal::SIGCHLD);
+    loop {
+        let signal = waited.wait().unwrap_or_else(|e| fail(format!("sigwait: {e}")));
+        if signal != Signal::SIGCHLD {
+            let _ = kill(job, signal); // the job may have exited; its SIGCHLD is pending
+            continue;
+        }
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return 128 + signal as i32,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => fail(format!("waitpid: {e}")),
+            }
+        }
+    }
+}
+
+/// In the job's process: unblock signals, find the command on the image's PATH, exec it.
+fn exec_job(plan: &RunPlan) -> ! {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let command = &plan.argv[0];
+    let path = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v);
+    let Some(program) = find_program(command, path) else {
+        eprintln!("boxrun: error: '{command}': command not found in the image (PATH={path})");
+        std::process::exit(127);
+    };
+    let cstring = |s: &str| CString::new(s).unwrap_or_else(|_| fail(format!("'{s}' contains a NUL byte")));
+    let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a)).collect();
+    let env: Vec<CString> = plan.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect();
+    let program =
+        CString::new(program.into_os_string().into_encoded_bytes()).expect("no NUL in a found path");
+    let error = execve(&program, &argv, &env).unwrap_err();
+    let code = if error == Errno::ENOENT { 127 } else { 126 };
+    eprintln!("boxrun: error: cannot execute '{command}': {}", error.desc());
+    std::process::exit(code)
+}
+
+/// `command` itself if it has a `/`, else the first executable file of that name on `path`.
+fn find_program(command: &str, path: &str) -> Option<std::path::PathBuf> {
+    if command.contains('/') {
+        return Some(command.into());
+    }
+    path.split(':').filter(|dir| !dir.is_empty()).map(|dir| std::path::Path::new(dir).join(command)).find(
+        |candidate| {
+            nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+                && fs_err::metadata(candidate).is_ok_and(|m| m.is_file())
+        },
+    )
+}
+
+fn print_stats(format: StatsFormat, start: Instant, code: i32) {
+    let wall = start.elapsed().as_secs_f64();
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok();
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let (user, system, max_rss_kib) =
+        usage.map_or((0.0, 0.0, 0), |u| (seconds(u.user_time()), seconds(u.system_time()), u.max_rss()));
+    match format {
+        StatsFormat::Text => eprintln!(
+            "boxrun: stats: wall {wall:.3}s, cpu {:.3}s (user {user:.3}s, system {system:.3}s), peak rss {:.1} MiB, exit {code}",
+            user + system,
+            max_rss_kib as f64 / 1024.0
+        ),
+        StatsFormat::Json => eprintln!(
+            r#"{{"wall_s":{wall:.6},"cpu_s":{:.6},"user_s":{user:.6},"system_s":{system:.6},"max_rss_kib":{max_rss_kib},"exit":{code}}}"#,
+            user + system
+        ),
+    }
+}

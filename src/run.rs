@@ -1,0 +1,206 @@
+//! `boxrun run IMAGE CMD...`, the outer side: find (or pull and unpack) the image, make the
+//! run plan, and re-execute boxrun as the single-threaded init with the plan on a memfd.
+//!
+//! The warm path (image cached and unpacked) reads the image record and the image's
+//! /etc/passwd and /etc/group, stats the rootfs, and execs: no network, no layer JSON.
+
+use std::ffi::CString;
+use std::io::{IsTerminal, Write};
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::cli::{RunArgs, StatsArg};
+use crate::config::Settings;
+use crate::platform::Platform;
+use crate::progress::{self, Progress};
+use crate::pull::{PullOptions, pull};
+use crate::reference::Reference;
+use crate::rootfs;
+use crate::sandbox::plan::{self, MountOp, Namespaces, PlanError, RunPlan, StatsFormat, User};
+use crate::store::Store;
+use crate::store::refs::ImageRecord;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot start the container: {0}")]
+    Exec(String),
+}
+
+/// Prepare and start the job; returns only on failure (on success the process becomes init).
+pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, crate::Error> {
+    let reference = Reference::parse(&args.image, &settings.default_registry)?;
+    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+    let progress = Progress::new(progress::Mode::detect(args.quiet));
+    let record = match store.load_record(&reference, platform.as_ref().unwrap_or(&Platform::host()))? {
+        Some(record) => record,
+        None => pull(settings, store, &reference, &PullOptions { platform, offline: false }, &progress)?,
+    };
+    let rootfs = rootfs::ensure(store, &record, &progress)?;
+    let plan = make_plan(settings, store, &record, rootfs, &args)?;
+    Err(crate::Error::Run(exec_init(&plan)))
+}
+
+fn make_plan(
+    settings: &Settings,
+    store: &Store,
+    record: &ImageRecord,
+    rootfs: PathBuf,
+    args: &RunArgs,
+) -> Result<RunPlan, RunError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| RunError::Exec(format!("cannot find the current directory: {e}")))?;
+    let user = host_user();
+    let mut mounts = vec![
+        MountOp::Proc,
+        MountOp::Dev { private_shm: args.ipc },
+        MountOp::Sys,
+        MountOp::Tmpfs { dst: "/tmp".into(), mode: 0o1777 },
+        MountOp::Tmpfs { dst: "/var/tmp".into(), mode: 0o1777 },
+    ];
+    let home_bound = !args.no_home && !plan::is_system_path(&user.home);
+    if home_bound {
+        mounts.push(MountOp::Bind {
+            src: user.home.clone(),
+            dst: user.home.clone(),
+            readonly: false,
+            optional: true,
+        });
+    }
+    let cwd_bound = !args.no_cwd && !plan::is_system_path(&cwd);
+    if cwd_bound && !(home_bound && cwd.starts_with(&user.home)) {
+        mounts.push(MountOp::Bind { src: cwd.clone(), dst: cwd.clone(), readonly: false, optional: false });
+    }
+    for spec in &settings.mount_paths {
+        let (src, dst, readonly) = plan::parse_bind(spec, &cwd)?;
+        mounts.push(MountOp::Bind { src, dst, readonly, optional: true });
+    }
+    for spec in &args.binds {
+        mounts.push(plan::checked_bind(spec, &cwd, "--bind")?);
+    }
+    let image_file = |path: &str| crate::unpack::root::read_file(&rootfs, Path::new(path)).ok().flatten();
+    let (passwd, group) = (image_file("etc/passwd"), image_file("etc/group"));
+    mounts.push(MountOp::File {
+        dst: "/etc/passwd".into(),
+        contents: plan::passwd(passwd.as_deref(), &user, args.fakeroot),
+    });
+    mounts.push(MountOp::File {
+        dst: "/etc/group".into(),
+        contents: plan::group(group.as_deref(), &user, args.fakeroot),
+    });
+    for file in ["/etc/hosts", "/etc/resolv.conf"] {
+        mounts.push(MountOp::Bind { src: file.into(), dst: file.into(), readonly: true, optional: true });
+    }
+    let workdir = match &args.workdir {
+        Some(dir) if !dir.starts_with('/') => return Err(PlanError::RelativeWorkdir(dir.clone()).into()),
+        Some(dir) => PathBuf::from(dir),
+        None if cwd_bound => cwd,
+        None => record.run.working_dir.clone().map_or_else(|| PathBuf::from("/"), PathBuf::from),
+    };
+    let argv = record.run.argv(args.entrypoint.as_deref(), &args.command);
+    if argv.is_empty() {
+        return Err(PlanError::NoCommand.into());
+    }
+    Ok(RunPlan {
+        rootfs,
+        scratch: store.mnt_dir(),
+        writable: args.writable_tmpfs,
+        argv,
+        env: environment(settings, record, args, &user)?,
+        workdir,
+        uid: user.uid,
+        gid: user.gid,
+        fakeroot: args.fakeroot,
+        namespaces: Namespaces { uts: args.uts || args.hostname.is_some(), ipc: args.ipc, net: args.net },
+        hostname: args.hostname.clone(),
+        mounts,
+        stats: args.stats.map(|s| match s {
+            StatsArg::Text => StatsFormat::Text,
+            StatsArg::Json => StatsFormat::Json,
+        }),
+        forward_interrupts: !std::io::stdin().is_terminal(),
+    })
+}
+
+fn environment(
+    settings: &Settings,
+    record: &ImageRecord,
+    args: &RunArgs,
+    user: &User,
+) -> Result<Vec<(String, String)>, PlanError> {
+    let host: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .collect();
+    let mut overrides = Vec::new();
+    for file in &args.env_file {
+        overrides.extend(plan::read_env_file(file)?);
+    }
+    overrides.extend(args.env.iter().cloned());
+    let mut env =
+        plan::environment(&host, args.clean_env, &settings.remove_env_keys, &record.run.env, &overrides)?;
+    let mut ensure = |key: &str, value: String| {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.to_string(), value));
+        }
+    };
+    ensure("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    ensure("HOME", user.home.display().to_string());
+    env.retain(|(k, _)| k != "BOXRUN_IMAGE" && k != "BOXRUN_CONTAINER");
+    env.push(("BOXRUN_IMAGE".into(), record.reference.clone()));
+    env.push(("BOXRUN_CONTAINER".into(), format!("boxrun-{}", std::process::id())));
+    Ok(env)
+}
+
+/// The user as the host knows them (NSS, so LDAP/SSSD users too), with fallbacks to the
+/// environment where there is no entry.
+fn host_user() -> User {
+    use nix::unistd::{Group, User as PwEntry, getgid, getuid};
+    let (uid, gid) = (getuid(), getgid());
+    let entry = PwEntry::from_uid(uid).ok().flatten();
+    let name = entry.as_ref().map(|e| e.name.clone()).or_else(|| std::env::var("USER").ok());
+    let home = entry.as_ref().map(|e| e.dir.clone()).or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    let group = Group::from_gid(gid).ok().flatten().map(|g| g.name);
+    User {
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+        name: name.unwrap_or_else(|| format!("user{uid}")),
+        group: group.unwrap_or_else(|| format!("group{gid}")),
+        home: home.unwrap_or_else(|| PathBuf::from("/")),
+    }
+}
+
+/// Put the plan on a memfd and exec `/proc/self/exe __init --plan-fd N`. The exec ends every
+/// thread the pull started: the init starts single-threaded, as `unshare(CLONE_NEWUSER)` needs.
+fn exec_init(plan: &RunPlan) -> RunError {
+    let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Exec(format!("{what}: {e}"));
+    let json = serde_json::to_vec(plan).expect("a plan always serialises");
+    // No MFD_CLOEXEC: the fd must survive the exec.
+    let memfd = match nix::sys::memfd::memfd_create("boxrun-plan", nix::sys::memfd::MFdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return fail("memfd_create", &e),
+    };
+    let mut file = std::fs::File::from(memfd);
+    if let Err(e) = file.write_all(&json) {
+        return fail("write the plan", &e);
+    }
+    if let Err(e) = std::io::Seek::rewind(&mut file) {
+        return fail("rewind the plan", &e);
+    }
+    let fd = file.into_raw_fd();
+    let _ = std::io::stdout().flush();
+    let argv = [
+        c"boxrun".to_owned(),
+        c"__init".to_owned(),
+        c"--plan-fd".to_owned(),
+        CString::new(fd.to_string()).expect("digits"),
+    ];
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| CString::new([k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat()).ok())
+        .collect();
+    match nix::unistd::execve(c"/proc/self/exe", &argv, &env) {
+        Err(e) => fail("re-execute /proc/self/exe", &e),
+    }
+}

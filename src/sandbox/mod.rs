@@ -1,0 +1,9 @@
+//! The sandbox: a plan made on the host side ([`plan`]), then namespaces ([`ns`]), the
+//! container's file system ([`mount`]) and the lock-down ([`lockdown`]), applied by the
+//! single-threaded init (`crate::init`).
+
+pub mod lockdown;
+pub mod mount;
+pub mod net;
+pub mod ns;
+pub mod plan;

@@ -1,0 +1,326 @@
+//! Build the container's file system from the plan's [`MountOp`]s, then `pivot_root` into it.
+//!
+//! The image is the lower layer of an overlayfs whose upper is a private tmpfs: mount points for
+//! binds can be made in it without touching the shared rootfs, and the whole root is remounted
+//! read-only afterwards unless `--writable-tmpfs` (then writes go to the tmpfs and vanish at
+//! exit). Every target inside the new root is resolved with `RESOLVE_IN_ROOT` and mounted on
+//! through `/proc/self/fd/N`, so an image's symlinks cannot point a mount at the host.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{chdir, pivot_root};
+use thiserror::Error;
+
+use super::plan::{MountOp, RunPlan};
+use crate::unpack::root::Root;
+
+/// `mount_setattr(2)` attributes (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Host device nodes every container gets.
+const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// HPC devices bound when the node has them (GPUs, InfiniBand, AMD compute).
+const HPC_DEVICES: [&str; 3] = ["infiniband", "kfd", "dri"];
+
+#[derive(Debug, Error)]
+#[error("cannot {action} {path}: {source}{hint}")]
+pub struct MountError {
+    action: &'static str,
+    path: PathBuf,
+    source: io::Error,
+    hint: String,
+}
+
+fn error(action: &'static str, path: &Path, source: impl Into<io::Error>) -> MountError {
+    let source = source.into();
+    let hint = match (source.raw_os_error(), super::ns::restricted_hint()) {
+        (Some(libc::EPERM), Some(hint)) => format!("; {hint}"),
+        _ => String::new(),
+    };
+    MountError { action, path: path.to_path_buf(), source, hint }
+}
+
+/// `/proc/self/fd/N`: how a mount call names a target we hold an fd for.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The new root under construction.
+struct NewRoot {
+    root: Root,
+    path: PathBuf,
+    scratch: PathBuf,
+}
+
+/// Set up every mount of the plan and make the new root `/`.
+pub fn build(plan: &RunPlan) -> Result<(), MountError> {
+    // ORDER: first make every mount private, so nothing below propagates to the host.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| error("make private the mounts of", Path::new("/"), e))?;
+    let new_root = NewRoot::mount_image(plan)?;
+    for (n, op) in plan.mounts.iter().enumerate() {
+        new_root.apply(op, n)?;
+    }
+    // ORDER: read-only only after every mount point was created in the overlay.
+    let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if !plan.writable {
+        attrs |= MOUNT_ATTR_RDONLY;
+    }
+    let image = Root::open(&new_root.path).map_err(|e| error("open", &new_root.path, e))?;
+    set_attrs(image.fd(), Path::new("/"), attrs, false)?;
+    new_root.pivot()
+}
+
+impl NewRoot {
+    /// A private tmpfs on the scratch directory, holding the overlay's upper and work
+    /// directories and the mounted image at `root/`.
+    fn mount_image(plan: &RunPlan) -> Result<NewRoot, MountError> {
+        let scratch = &plan.scratch;
+        mount(
+            Some("boxrun"),
+            scratch,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )
+        .map_err(|e| error("mount a tmpfs on", scratch, e))?;
+        for dir in ["upper", "work", "root", "files"] {
+            fs_err::create_dir(scratch.join(dir)).map_err(|e| error("create", &scratch.join(dir), e))?;
+        }
+        let path = scratch.join("root");
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            plan.rootfs.display(),
+            scratch.join("upper").display(),
+            scratch.join("work").display()
+        );
+        // userxattr: the overlay keeps its own metadata in user.* xattrs, which an
+        // unprivileged mount may write; kernels before 5.11 lack it and get the plain options.
+        let overlay =
+            |options: &str| mount(Some("overlay"), &path, Some("overlay"), MsFlags::empty(), Some(options));
+        overlay(&format!("{options},userxattr"))
+            .or_else(|_| overlay(&options))
+            .map_err(|e| error("mount the image (overlayfs) at", &path, e))?;
+        let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
+        Ok(NewRoot { root, path, scratch: scratch.clone() })
+    }
+
+    fn apply(&self, op: &MountOp, n: usize) -> Result<(), MountError> {
+        match op {
+            MountOp::Proc => self.proc(),
+            MountOp::Dev { private_shm } => self.dev(*private_shm),
+            MountOp::Sys => {
+                let target = self.dir(Path::new("/sys"))?;
+                bind(Path::new("/sys"), &target, true)?;
+                // The fd is the directory under the new mount: look the path up again.
+                let mounted = self.dir(Path::new("/sys"))?;
+                set_attrs(
+                    &mounted,
+                    Path::new("/sys"),
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    true,
+                )
+            }
+            MountOp::Tmpfs { dst, mode } => {
+                let target = self.dir(dst)?;
+                let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                mount(
+                    Some("tmpfs"),
+                    &fd_path(&target),
+                    Some("tmpfs"),
+                    flags,
+                    Some(format!("mode={mode:o}").as_str()),
+                )
+                .map_err(|e| error("mount a tmpfs on", dst, e))
+            }
+            MountOp::Bind { src, dst, readonly, optional } => {
+                if *optional && fs_err::metadata(src).is_err() {
+                    return Ok(());
+                }
+                self.bind_host(src, dst, *readonly)
+            }
+            MountOp::File { dst, contents } => {
+                let file = self.scratch.join("files").join(n.to_string());
+                fs_err::write(&file, contents).map_err(|e| error("write", &file, e))?;
+                self.bind_host(&file, dst, true)
+            }
+        }
+    }
+
+    /// Bind a host path (file or directory) at `dst` inside the new root.
+    fn bind_host(&self, src: &Path, dst: &Path, readonly: bool) -> Result<(), MountError> {
+        let is_dir = fs_err::metadata(src).map_err(|e| error("find the bind source", src, e))?.is_dir();
+        let target = if is_dir { self.dir(dst)? } else { self.file(dst)? };
+        bind(src, &target, true)?;
+        let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        if readonly {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        // The fd is the mount point under the new mount: look the path up again.
+        let mounted = if is_dir { self.dir(dst)? } else { self.file(dst)? };
+        set_attrs(&mounted, dst, attrs, true)
+    }
+
+    fn dir(&self, dst: &Path) -> Result<OwnedFd, MountError> {
+        self.root.dir(relative(dst), true).map_err(|e| error("create the mount point", dst, e))
+    }
+
+    fn file(&self, dst: &Path) -> Result<OwnedFd, MountError> {
+        self.root.mountpoint_file(relative(dst)).map_err(|e| error("create the mount point", dst, e))
+    }
+
+    /// A procfs of the new PID namespace; where the host hides parts of its /proc (the
+    /// kernel's mount_too_revealing check, e.g. inside a container), a bind of the host's.
+    fn proc(&self) -> Result<(), MountError> {
+        let target = self.dir(Path::new("/proc"))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match mount(Some("proc"), &fd_path(&target), Some("proc"), flags, None::<&str>) {
+            Ok(()) => Ok(()),
+            Err(Errno::EPERM) => bind(Path::new("/proc"), &target, true),
+            Err(e) => Err(error("mount /proc at", Path::new("/proc"), e)),
+        }
+    }
+
+    fn dev(&self, private_shm: bool) -> Result<(), MountError> {
+        let dev = self.dir(Path::new("/dev"))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
+            .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
+        for node in DEV_NODES {
+            let host = Path::new("/dev").join(node);
+            if fs_err::metadata(&host).is_ok() {
+                bind(&host, &self.file(&host)?, false)?;
+            }
+        }
+        self.devpts()?;
+        if private_shm {
+            self.apply(&MountOp::Tmpfs { dst: "/dev/shm".into(), mode: 0o1777 }, 0)?;
+        } else {
+            self.bind_host(Path::new("/dev/shm"), Path::new("/dev/shm"), false)?;
+        }
+        for device in HPC_DEVICES.iter().map(|d| format!("/dev/{d}")).chain(nvidia_devices()) {
+            let device = PathBuf::from(device);
+            if fs_err::metadata(&device).is_ok() {
+                self.bind_host(&device, &device, false)?;
+            }
+        }
+        let dev_dir =
+            self.root.dir(Path::new("dev"), false).map_err(|e| error("open", Path::new("/dev"), e))?;
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            Root::symlink(&dev_dir, std::ffi::OsStr::new(name), Path::new(target))
+                .map_err(|e| error("create", &Path::new("/dev").join(name), e))?;
+        }
+        Ok(())
+    }
+
+    /// A new devpts instance (its own pty numbers); the host's if the kernel refuses one.
+    fn devpts(&self) -> Result<(), MountError> {
+        let pts = self.dir(Path::new("/dev/pts"))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+        let options = "newinstance,ptmxmode=0666,mode=0620";
+        match mount(Some("devpts"), &fd_path(&pts), Some("devpts"), flags, Some(options)) {
+            Ok(()) => Ok(()),
+            Err(_) => bind(Path::new("/dev/pts"), &pts, true),
+        }
+    }
+
+    /// ORDER: pivot_root(".", ".") stacks the old root under the new one; unmounting "."
+    /// with MNT_DETACH then drops the host's tree (pivot_root(2), "NOTES").
+    fn pivot(self) -> Result<(), MountError> {
+        chdir(&self.path).map_err(|e| error("enter", &self.path, e))?;
+        pivot_root(".", ".").map_err(|e| error("pivot_root into", &self.path, e))?;
+        umount2(".", MntFlags::MNT_DETACH)
+            .map_err(|e| error("detach the host's root from", &self.path, e))?;
+        chdir("/").map_err(|e| error("enter", Path::new("/"), e))
+    }
+}
+
+fn nvidia_devices() -> Vec<String> {
+    fs_err::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("nvidia"))
+                .map(|name| format!("/dev/{name}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An absolute container path as a path relative to the new root.
+fn relative(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+fn bind(src: &Path, target: &OwnedFd, recursive: bool) -> Result<(), MountError> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(src), &fd_path(target), None::<&str>, flags, None::<&str>)
+        .map_err(|e| error("bind-mount", src, e))
+}
+
+/// Add mount attributes (read-only, nosuid, nodev) to the mount `fd` is the root of, and with
+/// `recursive` to every mount below it, with mount_setattr(2) (Linux 5.12). Older kernels get
+/// a remount of the top mount, keeping the flags the kernel locked on it. `name` is for errors.
+fn set_attrs(fd: &OwnedFd, name: &Path, attrs: u64, recursive: bool) -> Result<(), MountError> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: mount_setattr reads `size` bytes of `attr`, a live repr(C) struct, and the empty
+    // NUL-terminated path; it writes no memory of ours.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if result == 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::ENOSYS => remount(&fd_path(fd), name, attrs),
+        e => Err(error("set mount flags on", name, e)),
+    }
+}
+
+fn remount(path: &Path, name: &Path, attrs: u64) -> Result<(), MountError> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| error("inspect", name, e))?;
+    let locked = stat.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    use nix::sys::statvfs::FsFlags;
+    for (fs, ms) in [(FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC), (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY)] {
+        if locked.contains(fs) {
+            flags |= ms;
+        }
+    }
+    if attrs & MOUNT_ATTR_RDONLY != 0 {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>).map_err(|e| error("remount", name, e))
+}
