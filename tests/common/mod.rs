@@ -23,6 +23,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub const TEST_USER: &str = "boxrun-test";
+/// A supplementary group of the test user (scripts/install-deps makes it).
+pub const TEST_GROUP: &str = "boxrun-test-extra";
 pub const REGISTRY_USER: &str = "tester";
 pub const REGISTRY_PASSWORD: &str = "correct horse";
 
@@ -176,7 +178,7 @@ impl Env {
             c.args([
                 format!("--reuid={uid}"),
                 format!("--regid={gid}"),
-                "--clear-groups".into(),
+                "--init-groups".into(), // the user's supplementary groups, as a login gives them
                 "--".into(),
             ]);
             c.arg(boxrun_binary());
@@ -196,6 +198,34 @@ impl Env {
             .stdin(Stdio::null());
         die_with_parent(&mut command);
         command
+    }
+
+    /// A directory owned by the test user, made the current directory of `boxrun_in`.
+    pub fn work(&self) -> PathBuf {
+        self.mkdir("work")
+    }
+
+    /// A FIFO in the work directory, for a job and the test to wait on each other.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.work().join(name);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+        chown(&path);
+        path
+    }
+
+    /// Run boxrun with `args` in the work directory, `stdin` as its input.
+    pub fn run_in_work(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        use std::io::Write;
+        let mut command = self.boxrun();
+        command.args(args).current_dir(self.work()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = command.spawn().expect("start boxrun");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        Run::from(child.wait_with_output().unwrap())
     }
 
     /// Run boxrun with `args`; its exit code, stdout and stderr.

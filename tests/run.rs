@@ -1,0 +1,290 @@
+//! `boxrun IMAGE CMD`: the job runs as the user in its own namespaces, as the unprivileged
+//! test user. These tests need unprivileged user namespaces; they fail (never skip) without.
+
+#![allow(clippy::disallowed_methods)] // tests report failures by panicking with context
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{Env, Registry, Run};
+
+/// A registry with `tiny`, and an env whose cache has it pulled.
+struct Rig {
+    _registry: Registry,
+    env: Env,
+    tiny: String,
+}
+
+fn rig() -> Rig {
+    let registry = Registry::start();
+    registry.push("tiny", "tiny");
+    let env = Env::new();
+    let tiny = format!("{}/tiny", registry.host());
+    env.run(&["pull", "-q", &tiny]).ok();
+    Rig { _registry: registry, env, tiny }
+}
+
+impl Rig {
+    /// `boxrun IMAGE sh -c SCRIPT` in the work directory.
+    fn sh(&self, options: &[&str], script: &str) -> Run {
+        let mut args: Vec<&str> = options.to_vec();
+        args.extend([self.tiny.as_str(), "sh", "-c", script]);
+        self.env.run_in_work(&args, None)
+    }
+}
+
+/// A container started in the background, killed if the test fails before it ends.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn outside(command: &str, args: &[&str]) -> String {
+    let (uid, gid) = common::test_ids();
+    let output = if unsafe { libc::geteuid() } == 0 {
+        std::process::Command::new("setpriv")
+            .args([format!("--reuid={uid}"), format!("--regid={gid}"), "--init-groups".into(), "--".into()])
+            .arg(command)
+            .args(args)
+            .output()
+    } else {
+        std::process::Command::new(command).args(args).output()
+    };
+    String::from_utf8(output.unwrap().stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn the_job_runs_as_the_user_with_the_same_ids_and_groups() {
+    let rig = rig();
+    let run = rig.sh(&[], "id -u; id -g; id -un");
+    let expected =
+        format!("{}\n{}\n{}", outside("id", &["-u"]), outside("id", &["-g"]), outside("id", &["-un"]));
+    assert_eq!(run.ok().stdout.trim(), expected);
+    // A file only the supplementary group may read, bound in through the work directory.
+    let secret = rig.env.work().join("group-secret");
+    std::fs::write(&secret, "for the group\n").unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let gid =
+            outside("getent", &["group", common::TEST_GROUP]).split(':').nth(2).unwrap().parse().unwrap();
+        std::os::unix::fs::chown(&secret, Some(0), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o040)).unwrap();
+    assert_eq!(rig.sh(&[], "cat group-secret").ok().stdout, "for the group\n");
+    let fakeroot = rig.sh(&["--fakeroot"], "id -u; id -un");
+    assert_eq!(fakeroot.ok().stdout, "0\nroot\n");
+}
+
+#[test]
+fn the_job_sees_only_its_own_processes_and_stays_in_the_schedulers_cgroup() {
+    let rig = rig();
+    let run = rig.sh(&[], "ps -o pid,comm | busybox tail -n +2");
+    let processes: Vec<&str> = run.ok().stdout.lines().collect();
+    assert!(processes.len() <= 4, "{processes:?}");
+    assert!(processes[0].trim().starts_with("1 "), "PID 1 is boxrun's init: {processes:?}");
+    let cgroup = rig.sh(&[], "cat /proc/self/cgroup");
+    assert_eq!(cgroup.ok().stdout, std::fs::read_to_string("/proc/self/cgroup").unwrap());
+}
+
+#[test]
+fn each_container_has_a_private_tmp() {
+    let rig = rig();
+    let (ready, go) = (rig.env.fifo("ready"), rig.env.fifo("go"));
+    let marker = format!("boxrun-private-{}", std::process::id());
+    let mut first = rig.env.boxrun();
+    first.args([&rig.tiny, "sh", "-c", &format!("echo one > /tmp/{marker}; echo ready > ready; cat go")]);
+    let mut first = Guard(first.current_dir(rig.env.work()).stdout(Stdio::piped()).spawn().unwrap());
+    BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    // The first container holds its file in /tmp while the second looks.
+    let second = rig.sh(&[], &format!("ls -A /tmp; test ! -e /tmp/{marker}"));
+    assert!(!second.stdout.contains(&marker), "another container's /tmp is visible: {}", second.stdout);
+    second.ok();
+    std::fs::File::create(&go).unwrap().write_all(b"go\n").unwrap();
+    assert!(first.0.wait().unwrap().success());
+    assert!(!Path::new("/tmp").join(&marker).exists(), "the host's /tmp was written");
+}
+
+#[test]
+fn exit_status_is_the_jobs_or_says_why_it_could_not_run() {
+    let rig = rig();
+    assert_eq!(rig.sh(&[], "exit 0").code, 0);
+    assert_eq!(rig.sh(&[], "exit 7").code, 7);
+    assert_eq!(rig.sh(&[], "kill -TERM $$").code, 143);
+    assert_eq!(rig.sh(&[], "kill -KILL $$").code, 137);
+    let missing = rig.env.run_in_work(&[&rig.tiny, "no-such-command"], None);
+    missing.fails_with(127, "'no-such-command': command not found");
+    let not_executable = rig.env.run_in_work(&[&rig.tiny, "/etc/os-release"], None);
+    not_executable.fails_with(126, "cannot execute '/etc/os-release'");
+}
+
+#[test]
+fn sigterm_reaches_the_jobs_handler() {
+    let rig = rig();
+    let ready = rig.env.fifo("ready");
+    let script = "trap 'echo caught > caught; exit 3' TERM; echo ready > ready; while :; do sleep 0.05; done";
+    let mut child = Guard(
+        rig.env.boxrun().args([&rig.tiny, "sh", "-c", script]).current_dir(rig.env.work()).spawn().unwrap(),
+    );
+    BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(std::fs::read_to_string(rig.env.work().join("caught")).unwrap(), "caught\n");
+}
+
+/// Processes of the test user whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("sleep ") && c.contains(marker))
+        .collect()
+}
+
+#[test]
+fn sigkill_of_boxrun_kills_every_process_of_the_container() {
+    let rig = rig();
+    let ready = rig.env.fifo("ready");
+    let marker = format!("{}.{}", 400_000 + std::process::id() % 100_000, 7);
+    let script = format!("sleep {marker} & sleep {marker} & echo ready > ready; wait");
+    let mut child = Guard(
+        rig.env.boxrun().args([&rig.tiny, "sh", "-c", &script]).current_dir(rig.env.work()).spawn().unwrap(),
+    );
+    BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    assert_eq!(processes_with(&marker).len(), 2);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // The kernel kills the PID namespace as PID 1 dies; allow it a moment, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(processes_with(&marker), Vec::<String>::new(), "container processes outlived boxrun");
+}
+
+#[test]
+fn orphans_are_reaped_so_no_zombie_stays() {
+    let rig = rig();
+    // Each `( ... &)` leaves an orphan that PID 1 adopts; it exits at once and must be reaped.
+    let run = rig
+        .sh(&[], "(true &); (true &); (true &); sleep 0.5; ps -o stat,comm | busybox grep -c '^Z' || true");
+    assert_eq!(run.ok().stdout.trim(), "0", "zombies left");
+}
+
+#[test]
+fn the_image_is_read_only_unless_writable_tmpfs_and_the_cache_never_changes() {
+    let rig = rig();
+    let rootfs_hash = || {
+        let root = rig.env.cache().join("rootfs");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("find . -printf '%p %m %s\\n' | sort; find . -type f -exec sha256sum {} + | sort")
+            .current_dir(root)
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    let before = rootfs_hash();
+    rig.sh(&[], "touch /etc/new-file").fails_with(1, "Read-only file system");
+    let writable =
+        rig.sh(&["--writable-tmpfs"], "touch /etc/new-file && echo x > /etc/os-release && ls /etc/new-file");
+    assert_eq!(writable.ok().stdout.trim(), "/etc/new-file");
+    assert_eq!(rig.sh(&["--writable-tmpfs"], "ls /etc/new-file").code, 1, "a write survived its container");
+    assert!(before == rootfs_hash(), "the cached rootfs changed");
+}
+
+#[test]
+fn environment_precedence_host_then_image_then_flags() {
+    let rig = rig();
+    let env_file = rig.env.work().join("vars");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=file\nFOO=file\n").unwrap();
+    let mut command = rig.env.boxrun();
+    command.env("FOO", "host").env("HOST_ONLY", "h").env("PATH", "/host/bin:/usr/bin:/bin");
+    command.args(["-e", "FOO=flag", "--env-file", env_file.to_str().unwrap(), &rig.tiny, "sh", "-c"]);
+    command.arg("echo $FOO $HOST_ONLY $FROM_FILE $PATH $BOXRUN_IMAGE").current_dir(rig.env.work());
+    let run = Run::from(command.output().unwrap());
+    let image_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    assert_eq!(run.ok().stdout.trim(), format!("flag h file {image_path} {}:latest", rig.tiny));
+    let mut clean = rig.env.boxrun();
+    clean.env("HOST_ONLY", "h").args([
+        "--clean-env",
+        "-e",
+        "X=1",
+        &rig.tiny,
+        "sh",
+        "-c",
+        "echo ${HOST_ONLY:-none} $X $PATH",
+    ]);
+    let run = Run::from(clean.current_dir(rig.env.work()).output().unwrap());
+    assert_eq!(run.ok().stdout.trim(), format!("none 1 {image_path}"));
+}
+
+#[test]
+fn binds_read_write_read_only_and_a_missing_source() {
+    let rig = rig();
+    let data = rig.env.mkdir("data");
+    let data = data.to_str().unwrap();
+    let rw = rig.sh(&["-v", &format!("{data}:/data")], "echo written > /data/out && cat /data/out");
+    assert_eq!(rw.ok().stdout, "written\n");
+    assert_eq!(std::fs::read_to_string(Path::new(data).join("out")).unwrap(), "written\n");
+    rig.sh(&["--bind", &format!("{data}:/data:ro")], "echo x > /data/other")
+        .fails_with(1, "Read-only file system");
+    let missing = rig.sh(&["-v", "/no/such/dir:/data"], "true");
+    missing.fails_with(125, "bind source '/no/such/dir' does not exist");
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+}
+
+#[test]
+fn entrypoint_cmd_workdir_and_stdin_follow_docker() {
+    let rig = rig();
+    assert_eq!(rig.env.run_in_work(&[&rig.tiny], None).ok().stdout, "hello from boxrun tiny image\n");
+    let echo = rig.env.run_in_work(&["--entrypoint", "/bin/echo", &rig.tiny, "hi", "there"], None);
+    assert_eq!(echo.ok().stdout, "hi there\n");
+    assert_eq!(
+        rig.env.run_in_work(&["run", "-w", "/etc", &rig.tiny, "sh", "-c", "pwd"], None).ok().stdout,
+        "/etc\n"
+    );
+    let work = rig.env.work();
+    assert_eq!(
+        rig.sh(&[], "pwd").ok().stdout.trim(),
+        work.to_str().unwrap(),
+        "starts in the current directory"
+    );
+    let piped = rig.env.run_in_work(&[&rig.tiny, "cat"], Some("through stdin\n"));
+    assert_eq!(piped.ok().stdout, "through stdin\n");
+}
+
+#[test]
+fn optional_namespaces_hostname_network_and_stats() {
+    let rig = rig();
+    assert_eq!(rig.sh(&["--hostname", "jobhost"], "busybox hostname").ok().stdout, "jobhost\n");
+    let devices = rig.sh(&["--net"], "cat /proc/net/dev | busybox tail -n +3 | busybox cut -d: -f1");
+    assert_eq!(devices.ok().stdout.trim(), "lo");
+    let stats = rig.sh(&["--stats=json"], "true");
+    let line = stats.ok().stderr.lines().last().unwrap().to_string();
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(json["wall_s"].as_f64().unwrap() > 0.0 && json["exit"] == 0, "{line}");
+    let text = rig.sh(&["--stats"], "exit 4");
+    assert!(text.stderr.contains("boxrun: stats: wall") && text.code == 4, "{}", text.stderr);
+}
+
+#[test]
+fn an_uncached_image_is_pulled_and_unpacked_when_a_job_starts() {
+    let registry = Registry::start();
+    registry.push("layered", "layered");
+    let env = Env::new();
+    let run = env.run_in_work(&["-q", &format!("{}/layered", registry.host()), "cat", "/run/pidfile"], None);
+    assert_eq!(run.ok().stdout, "42\n");
+}
