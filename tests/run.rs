@@ -288,3 +288,39 @@ fn an_uncached_image_is_pulled_and_unpacked_when_a_job_starts() {
     let run = env.run_in_work(&["-q", &format!("{}/layered", registry.host()), "cat", "/run/pidfile"], None);
     assert_eq!(run.ok().stdout, "42\n");
 }
+
+#[test]
+fn a_node_without_user_namespaces_gets_an_error_naming_the_sysctl() {
+    let rig = rig();
+    // The limit is per user namespace: inside one of its own, the test can set it to 0.
+    let limit = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" \"$@\"";
+    let mut command = rig.env.boxrun_under(&["unshare", "--user", "--map-root-user", "sh", "-c", limit]);
+    command.args([&rig.tiny, "true"]).current_dir(rig.env.work());
+    let run = Run::from(command.output().unwrap());
+    run.fails_with(125, "sysctl user.max_user_namespaces = 0");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn a_terminal_passes_through_to_the_job() {
+    let rig = rig();
+    // script(1) gives boxrun a pseudo-terminal as stdin, stdout and stderr.
+    let inner = rig.env.boxrun();
+    let mut line: Vec<String> = std::iter::once(inner.get_program())
+        .chain(inner.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    line.extend([
+        rig.tiny.clone(),
+        "sh".into(),
+        "-c".into(),
+        "'test -t 0 && test -t 1 && echo on-a-tty'".into(),
+    ]);
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_clear()
+        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let run = Run::from(command.current_dir(rig.env.work()).stdin(Stdio::null()).output().unwrap());
+    assert!(run.ok().stdout.contains("on-a-tty"), "{}", run.stdout);
+}

@@ -172,6 +172,11 @@ impl Env {
 
     /// A boxrun command as the test user, with this env's HOME, cache and config only.
     pub fn boxrun(&self) -> Command {
+        self.boxrun_under(&[])
+    }
+
+    /// `boxrun()`, started through `wrapper` (a command and its arguments that exec the rest).
+    pub fn boxrun_under(&self, wrapper: &[&str]) -> Command {
         let (uid, gid) = test_ids();
         let mut command = if is_root() {
             let mut c = Command::new("setpriv");
@@ -181,7 +186,11 @@ impl Env {
                 "--init-groups".into(), // the user's supplementary groups, as a login gives them
                 "--".into(),
             ]);
-            c.arg(boxrun_binary());
+            c.args(wrapper).arg(boxrun_binary());
+            c
+        } else if let Some((program, args)) = wrapper.split_first() {
+            let mut c = Command::new(program);
+            c.args(args).arg(boxrun_binary());
             c
         } else {
             Command::new(boxrun_binary())
