@@ -27,6 +27,7 @@ YAML
     REGISTRY_PID=$!
     trap 'kill $REGISTRY_PID 2>/dev/null || true' EXIT
     until curl_ok; do sleep 0.1; done
+    bench_push "$work/images/tiny" tiny
     bench_push "$work/images/layered" layered
     bench_push "$work/big" big
 }
@@ -74,5 +75,18 @@ print(f"| {'command':<34} | median | min | ratio to boxrun |")
 print(f"|{'-'*36}|-------:|----:|----------------:|")
 for name, median, low in rows:
     print(f"| {name:<34} | {median:.2f} s | {low:.2f} s | {median / base:.2f}× |")
+PY
+}
+
+# ratios_ms JSON: the same table in milliseconds (for start-up times).
+ratios_ms() {
+    python3 - "$@" <<'PY'
+import json, sys
+rows = [(r["command"], r["median"], r["min"]) for r in json.load(open(sys.argv[1]))["results"]]
+base = rows[0][1]
+print(f"| {'command':<26} | median | min | ratio to boxrun |")
+print(f"|{'-'*28}|-------:|----:|----------------:|")
+for name, median, low in rows:
+    print(f"| {name:<26} | {median*1000:.1f} ms | {low*1000:.1f} ms | {median / base:.2f}× |")
 PY
 }

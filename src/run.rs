@@ -161,7 +161,9 @@ fn host_user() -> User {
     let (uid, gid) = (getuid(), getgid());
     let entry = PwEntry::from_uid(uid).ok().flatten();
     let name = entry.as_ref().map(|e| e.name.clone()).or_else(|| std::env::var("USER").ok());
-    let home = entry.as_ref().map(|e| e.dir.clone()).or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    // $HOME first: it is what the job's environment says, and what a user may have pointed
+    // elsewhere on purpose; the passwd entry where it is unset.
+    let home = std::env::var_os("HOME").map(PathBuf::from).or_else(|| entry.as_ref().map(|e| e.dir.clone()));
     let group = Group::from_gid(gid).ok().flatten().map(|g| g.name);
     User {
         uid: uid.as_raw(),

@@ -153,6 +153,14 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Poll `condition` until it holds or five seconds pass (the assertion after it decides).
+fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !condition() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn sigkill_of_boxrun_kills_every_process_of_the_container() {
     let rig = rig();
@@ -163,14 +171,13 @@ fn sigkill_of_boxrun_kills_every_process_of_the_container() {
         rig.env.boxrun().args([&rig.tiny, "sh", "-c", &script]).current_dir(rig.env.work()).spawn().unwrap(),
     );
     BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    // The background sleeps may still be between fork and exec: wait (bounded) to see both.
+    wait_until(|| processes_with(&marker).len() == 2);
     assert_eq!(processes_with(&marker).len(), 2);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // The kernel kills the PID namespace as PID 1 dies; allow it a moment, bounded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
-    }
+    wait_until(|| processes_with(&marker).is_empty());
     assert_eq!(processes_with(&marker), Vec::<String>::new(), "container processes outlived boxrun");
 }
 
@@ -323,4 +330,74 @@ fn a_terminal_passes_through_to_the_job() {
         .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
     let run = Run::from(command.current_dir(rig.env.work()).stdin(Stdio::null()).output().unwrap());
     assert!(run.ok().stdout.contains("on-a-tty"), "{}", run.stdout);
+}
+
+#[test]
+fn every_forwarded_signal_reaches_the_job() {
+    let rig = rig();
+    let ready = rig.env.fifo("ready");
+    let names = ["HUP", "INT", "QUIT", "USR1", "USR2", "CONT"];
+    let traps: String = names.iter().map(|n| format!("trap 'touch got-{n}' {n}; ")).collect();
+    // The job waits (bounded) until it has seen all six, then exits 0 by itself.
+    let script = format!(
+        "{traps}echo ready > ready; i=0; while [ $(ls got-* 2>/dev/null | busybox wc -l) -lt 6 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; ls got-* | busybox wc -l"
+    );
+    let mut command = rig.env.boxrun();
+    command.args([&rig.tiny, "sh", "-c", &script]).current_dir(rig.env.work()).stdout(Stdio::piped());
+    let mut child = Guard(command.spawn().unwrap());
+    BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    use nix::sys::signal::Signal::*;
+    for signal in [SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT] {
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+    let output = std::mem::replace(&mut child.0, std::process::Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let missing: Vec<_> =
+        names.iter().filter(|n| !rig.env.work().join(format!("got-{n}")).exists()).collect();
+    assert!(missing.is_empty(), "signals that did not reach the job: {missing:?}");
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn the_container_file_system_has_what_jobs_expect() {
+    let rig = rig();
+    let script = "echo x > /dev/null && ls /dev && busybox grep -E ' /sys | /proc ' /proc/mounts && cat /etc/hosts /etc/resolv.conf";
+    let run = rig.sh(&[], script);
+    let out = &run.ok().stdout;
+    for node in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd"] {
+        assert!(out.lines().any(|l| l == node), "/dev lacks {node}: {out}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("proc /proc proc")), "no fresh procfs: {out}");
+    assert!(out.lines().any(|l| l.contains(" /sys ") && l.contains(" ro,")), "/sys is not read-only: {out}");
+    let host = std::fs::read_to_string("/etc/hosts").unwrap()
+        + &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(out.ends_with(&host), "hosts and resolv.conf are not the host's");
+    // /dev/shm is the host's (MPI shares memory through it) unless --ipc.
+    let name = format!("boxrun-shm-{}", std::process::id());
+    rig.sh(&["--ipc"], &format!("touch /dev/shm/{name}")).ok();
+    assert!(!Path::new("/dev/shm").join(&name).exists(), "--ipc wrote to the host's /dev/shm");
+    rig.sh(&[], &format!("touch /dev/shm/{name}")).ok();
+    assert!(Path::new("/dev/shm").join(&name).exists(), "/dev/shm is not the host's");
+    std::fs::remove_file(Path::new("/dev/shm").join(&name)).unwrap();
+}
+
+#[test]
+fn home_cwd_and_site_mount_paths_are_bound_unless_refused() {
+    let rig = rig();
+    let work = rig.env.work();
+    let no_cwd =
+        rig.sh(&["--no-cwd"], &format!("pwd; test -e {} && echo visible || echo hidden", work.display()));
+    assert_eq!(no_cwd.ok().stdout, "/\nhidden\n");
+    let site = rig.env.mkdir("site-data");
+    std::fs::write(site.join("x"), "site\n").unwrap();
+    rig.env.config(&format!("mount_paths = [\"{}:/site:ro\", \"/no/such/site/path\"]\n", site.display()));
+    assert_eq!(rig.sh(&[], "cat /site/x").ok().stdout, "site\n");
+    let home = rig.env.path("home");
+    std::fs::write(home.join("in-home"), "home\n").unwrap();
+    let run = rig.sh(&["--no-cwd"], &format!("cat {}/in-home", home.display()));
+    assert_eq!(run.ok().stdout, "home\n");
+    rig.sh(&["--no-home", "--no-cwd"], &format!("cat {}/in-home", home.display()))
+        .fails_with(1, "No such file");
 }
