@@ -105,6 +105,16 @@ pub struct RunArgs {
     /// Print wall time, CPU time and peak memory of the job at exit (text or json), to stderr
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
     pub stats: Option<StatsArg>,
+    /// Seccomp profile file, or `unconfined` where the site allows it (default: built in)
+    #[arg(long, value_name = "FILE|unconfined")]
+    pub seccomp: Option<String>,
+    /// Allow the job to create user namespaces of its own (nested containers)
+    #[arg(long)]
+    pub allow_nested: bool,
+    /// Print the container's capabilities, NoNewPrivs, seccomp mode, id maps and mount flags
+    /// as seen from inside, instead of running a command
+    #[arg(long)]
+    pub security_report: bool,
     /// Platform to pull if the image is not cached yet
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,

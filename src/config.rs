@@ -3,7 +3,8 @@
 //! The site file is `/etc/boxrun/config.toml` (`BOXRUN_SYSTEM_CONFIG` names another one, for
 //! packaging and tests); the user's is `$XDG_CONFIG_HOME/boxrun/config.toml` (or `BOXRUN_CONFIG`).
 //! Unknown keys are errors that name the file, so a typo never silently does nothing.
-//! `allowed_registries` is site policy: when the site file sets it, the user's file cannot widen it.
+//! `allowed_registries` is site policy: when the site file sets it, the user's file cannot widen it;
+//! `allow_unconfined` and `fakeroot_capabilities` are read from the site file alone.
 //! (boxrun is not setuid, so this is a guardrail for users, not a security boundary.)
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ struct ConfigFile {
     remove_env_keys: Option<Vec<String>>,
     env_passthrough: Option<Vec<String>>,
     seccomp: Option<PathBuf>,
+    allow_unconfined: Option<bool>,
+    fakeroot_capabilities: Option<Vec<String>>,
 }
 
 /// The merged settings every command works from.
@@ -77,7 +80,12 @@ pub struct Settings {
     pub mount_paths: Vec<String>,
     pub remove_env_keys: Vec<String>,
     pub env_passthrough: Vec<String>,
+    /// A seccomp profile file to use instead of the built-in one.
     pub seccomp: Option<PathBuf>,
+    /// May users run without seccomp (`--seccomp=unconfined`)? Site policy only.
+    pub allow_unconfined: bool,
+    /// The capabilities a `--fakeroot` job keeps (site policy only).
+    pub fakeroot_capabilities: Vec<String>,
 }
 
 impl Settings {
@@ -117,6 +125,10 @@ impl Settings {
             remove_env_keys: user.remove_env_keys.or(system.remove_env_keys).unwrap_or_default(),
             env_passthrough: user.env_passthrough.or(system.env_passthrough).unwrap_or_default(),
             seccomp: user.seccomp.or(system.seccomp),
+            allow_unconfined: system.allow_unconfined.unwrap_or(false),
+            fakeroot_capabilities: system.fakeroot_capabilities.unwrap_or_else(|| {
+                crate::sandbox::lockdown::FAKEROOT_DEFAULT.iter().map(|c| c.to_string()).collect()
+            }),
         };
         settings.check_paths()?;
         Ok(settings)

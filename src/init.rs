@@ -141,7 +141,12 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
     nix::unistd::chdir(&plan.workdir).unwrap_or_else(|e| {
         fail(format!("cannot enter the working directory {}: {e}", plan.workdir.display()))
     });
-    lockdown::apply().unwrap_or_else(|e| fail(e));
+    let keep = if plan.fakeroot {
+        lockdown::parse_caps(&plan.keep_caps).unwrap_or_else(|e| fail(e))
+    } else {
+        caps::CapsHashSet::new()
+    };
+    lockdown::apply(&keep, &plan.seccomp).unwrap_or_else(|e| fail(e));
     let start = Instant::now();
     // SAFETY: PID 1 is single-threaded.
     match unsafe { fork() } {
@@ -185,6 +190,10 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
 /// In the job's process: unblock signals, find the command on the image's PATH, exec it.
 fn exec_job(plan: &RunPlan) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if plan.report {
+        crate::sandbox::report::print();
+        std::process::exit(0);
+    }
     let command = &plan.argv[0];
     let path = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v);
     let Some(program) = find_program(command, path) else {

@@ -19,6 +19,7 @@ use crate::pull::{PullOptions, pull};
 use crate::reference::Reference;
 use crate::rootfs;
 use crate::sandbox::plan::{self, MountOp, Namespaces, PlanError, RunPlan, StatsFormat, User};
+use crate::sandbox::seccomp::{self, Seccomp};
 use crate::store::Store;
 use crate::store::refs::ImageRecord;
 
@@ -28,6 +29,8 @@ pub enum RunError {
     Plan(#[from] PlanError),
     #[error("cannot start the container: {0}")]
     Exec(String),
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// Prepare and start the job; returns only on failure (on success the process becomes init).
@@ -94,6 +97,14 @@ fn make_plan(
     for file in ["/etc/hosts", "/etc/resolv.conf"] {
         mounts.push(MountOp::Bind { src: file.into(), dst: file.into(), readonly: true, optional: true });
     }
+    // ORDER: after every bind that could expose them: the cache and the unpacked images stay
+    // read-only to the job even where they live under its home or working directory.
+    let mut protected = vec![settings.cache_dir.clone()];
+    if !settings.data_dir.starts_with(&settings.cache_dir) {
+        protected.push(settings.data_dir.clone());
+    }
+    let extra = plan::protect(&mounts, &protected);
+    mounts.extend(extra);
     let workdir = match &args.workdir {
         Some(dir) if !dir.starts_with('/') => return Err(PlanError::RelativeWorkdir(dir.clone()).into()),
         Some(dir) => PathBuf::from(dir),
@@ -101,7 +112,7 @@ fn make_plan(
         None => record.run.working_dir.clone().map_or_else(|| PathBuf::from("/"), PathBuf::from),
     };
     let argv = record.run.argv(args.entrypoint.as_deref(), &args.command);
-    if argv.is_empty() {
+    if argv.is_empty() && !args.security_report {
         return Err(PlanError::NoCommand.into());
     }
     Ok(RunPlan {
@@ -122,7 +133,28 @@ fn make_plan(
             StatsArg::Json => StatsFormat::Json,
         }),
         forward_interrupts: !std::io::stdin().is_terminal(),
+        seccomp: seccomp_choice(settings, args)?,
+        keep_caps: settings.fakeroot_capabilities.clone(),
+        report: args.security_report,
     })
+}
+
+/// The seccomp filters: `--seccomp`, else the site's profile, else the built-in one.
+fn seccomp_choice(settings: &Settings, args: &RunArgs) -> Result<Seccomp, RunError> {
+    let file = match args.seccomp.as_deref() {
+        Some("unconfined") if settings.allow_unconfined => return Ok(Seccomp::Unconfined),
+        Some("unconfined") => return Err(RunError::Policy(
+            "--seccomp=unconfined is not allowed on this system (the site's config sets allow_unconfined = false)".into(),
+        )),
+        Some(file) => Some(PathBuf::from(file)),
+        None => settings.seccomp.clone(),
+    };
+    match file {
+        Some(file) => seccomp::compile_file(&file, args.allow_nested)
+            .map_err(|e| RunError::Policy(format!("invalid seccomp profile {}: {e}", file.display()))),
+        None if args.allow_nested => Ok(Seccomp::Nested),
+        None => Ok(Seccomp::Default),
+    }
 }
 
 fn environment(

@@ -1,17 +1,58 @@
-//! The last step before the job runs: no privilege can be gained from here on.
+//! The last steps before the job runs: drop capabilities, forbid gaining privileges, load
+//! the seccomp filter. Applied in PID 1, so the job (its child) and everything after inherit it.
 
+use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::prctl;
 use thiserror::Error;
 
+use super::seccomp::{self, Seccomp};
+
 #[derive(Debug, Error)]
-#[error("cannot {action}: {source}")]
+#[error("cannot {action}: {message}")]
 pub struct LockdownError {
     action: &'static str,
-    source: nix::errno::Errno,
+    message: String,
 }
 
-/// ORDER: after every mount (which needs CAP_SYS_ADMIN in the user namespace) and before the
-/// job's exec, which then cannot gain privileges through setuid bits or file capabilities.
-pub fn apply() -> Result<(), LockdownError> {
-    prctl::set_no_new_privs().map_err(|source| LockdownError { action: "set no_new_privs", source })
+fn error(action: &'static str, message: impl ToString) -> LockdownError {
+    LockdownError { action, message: message.to_string() }
 }
+
+/// Lock this process down. `keep` is the bounding set a `--fakeroot` job may use (empty
+/// otherwise): a root job regains exactly those at exec, a non-root job none.
+pub fn apply(keep: &CapsHashSet, filter: &Seccomp) -> Result<(), LockdownError> {
+    // ORDER: the bounding set first: dropping from it needs CAP_SETPCAP, which the next
+    // steps take away (capabilities(7), "Capability bounding set").
+    for cap in caps::all().difference(keep) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(|e| error("drop a capability from the bounding set", e))?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| error("clear the ambient capabilities", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| error("clear the inheritable capabilities", e))?;
+    // A --fakeroot job execs as root, but under no_new_privs an exec can only keep what the
+    // process already holds (permitted ∩ old permitted): keep exactly `keep`, drop the rest.
+    caps::set(None, CapSet::Effective, keep).map_err(|e| error("drop the effective capabilities", e))?;
+    caps::set(None, CapSet::Permitted, keep).map_err(|e| error("drop the permitted capabilities", e))?;
+    // ORDER: no_new_privs before seccomp: without CAP_SYS_ADMIN a filter may only be loaded
+    // with it set (seccomp(2)); and from here no exec can gain privileges (setuid, file caps).
+    prctl::set_no_new_privs().map_err(|e| error("set no_new_privs", e))?;
+    // ORDER: seccomp last: it also binds this process, which needs nothing it denies.
+    seccomp::load(filter).map_err(|e| error("load the seccomp filter", e))
+}
+
+/// Parse capability names (`CAP_CHOWN` or `chown`) from the site's configuration.
+pub fn parse_caps(names: &[String]) -> Result<CapsHashSet, String> {
+    names
+        .iter()
+        .map(|name| {
+            let upper = name.to_ascii_uppercase();
+            let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+            full.parse::<Capability>().map_err(|_| format!("unknown capability '{name}'"))
+        })
+        .collect()
+}
+
+/// What a `--fakeroot` job keeps by default: enough for a package manager inside the user
+/// namespace (chown files, override permissions, switch to service users), nothing more.
+pub const FAKEROOT_DEFAULT: [&str; 5] =
+    ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETUID", "CAP_SETGID"];

@@ -7,3 +7,6 @@ pub mod mount;
 pub mod net;
 pub mod ns;
 pub mod plan;
+pub mod report;
+pub mod seccomp;
+pub mod seccomp_profile;

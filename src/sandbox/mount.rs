@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
 use nix::unistd::{chdir, pivot_root};
 use thiserror::Error;
 
@@ -26,6 +28,8 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 /// Host device nodes every container gets.
 const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Parts of /proc that reconfigure the kernel: read-only inside.
+const PROC_READ_ONLY: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
 /// HPC devices bound when the node has them (GPUs, InfiniBand, AMD compute).
 const HPC_DEVICES: [&str; 3] = ["infiniband", "kfd", "dri"];
 
@@ -56,7 +60,6 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
 struct NewRoot {
     root: Root,
     path: PathBuf,
-    scratch: PathBuf,
 }
 
 /// Set up every mount of the plan and make the new root `/`.
@@ -65,8 +68,8 @@ pub fn build(plan: &RunPlan) -> Result<(), MountError> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| error("make private the mounts of", Path::new("/"), e))?;
     let new_root = NewRoot::mount_image(plan)?;
-    for (n, op) in plan.mounts.iter().enumerate() {
-        new_root.apply(op, n)?;
+    for op in &plan.mounts {
+        new_root.apply(op)?;
     }
     // ORDER: read-only only after every mount point was created in the overlay.
     let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -91,7 +94,7 @@ impl NewRoot {
             Some("mode=0755"),
         )
         .map_err(|e| error("mount a tmpfs on", scratch, e))?;
-        for dir in ["upper", "work", "root", "files"] {
+        for dir in ["upper", "work", "root"] {
             fs_err::create_dir(scratch.join(dir)).map_err(|e| error("create", &scratch.join(dir), e))?;
         }
         let path = scratch.join("root");
@@ -108,11 +111,17 @@ impl NewRoot {
         overlay(&format!("{options},userxattr"))
             .or_else(|_| overlay(&options))
             .map_err(|e| error("mount the image (overlayfs) at", &path, e))?;
+        // ORDER: unbindable once the image is mounted (overlayfs refuses an unbindable parent)
+        // and before any bind: the scratch directory usually lives under the user's home (the
+        // cache), and a recursive bind of the home would copy the whole container tree into
+        // itself; an unbindable mount, and everything below it, is pruned from such copies.
+        mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)
+            .map_err(|e| error("make unbindable", scratch, e))?;
         let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
-        Ok(NewRoot { root, path, scratch: scratch.clone() })
+        Ok(NewRoot { root, path })
     }
 
-    fn apply(&self, op: &MountOp, n: usize) -> Result<(), MountError> {
+    fn apply(&self, op: &MountOp) -> Result<(), MountError> {
         match op {
             MountOp::Proc => self.proc(),
             MountOp::Dev { private_shm } => self.dev(*private_shm),
@@ -146,10 +155,10 @@ impl NewRoot {
                 }
                 self.bind_host(src, dst, *readonly)
             }
+            // Written into the overlay's upper layer (memory): no bind, and read-only with
+            // the rest of the image at the end.
             MountOp::File { dst, contents } => {
-                let file = self.scratch.join("files").join(n.to_string());
-                fs_err::write(&file, contents).map_err(|e| error("write", &file, e))?;
-                self.bind_host(&file, dst, true)
+                self.root.replace_file(relative(dst), contents.as_bytes()).map_err(|e| error("write", dst, e))
             }
         }
     }
@@ -182,10 +191,30 @@ impl NewRoot {
         let target = self.dir(Path::new("/proc"))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         match mount(Some("proc"), &fd_path(&target), Some("proc"), flags, None::<&str>) {
-            Ok(()) => Ok(()),
-            Err(Errno::EPERM) => bind(Path::new("/proc"), &target, true),
-            Err(e) => Err(error("mount /proc at", Path::new("/proc"), e)),
+            Ok(()) => {}
+            Err(Errno::EPERM) => bind(Path::new("/proc"), &target, true)?,
+            Err(e) => return Err(error("mount /proc at", Path::new("/proc"), e)),
         }
+        // Kernel knobs stay read-only even to a --fakeroot job: /proc/sys and friends are
+        // bound over themselves and made read-only, as docker and bwrap do.
+        for knob in PROC_READ_ONLY {
+            let path = self.path.join("proc").join(knob);
+            if fs_err::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| error("bind-mount", &path, e))?;
+            let fd =
+                nix::fcntl::open(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(|e| error("open", &path, e))?;
+            set_attrs(
+                &fd,
+                &Path::new("/proc").join(knob),
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                true,
+            )?;
+        }
+        Ok(())
     }
 
     fn dev(&self, private_shm: bool) -> Result<(), MountError> {
@@ -201,7 +230,7 @@ impl NewRoot {
         }
         self.devpts()?;
         if private_shm {
-            self.apply(&MountOp::Tmpfs { dst: "/dev/shm".into(), mode: 0o1777 }, 0)?;
+            self.apply(&MountOp::Tmpfs { dst: "/dev/shm".into(), mode: 0o1777 })?;
         } else {
             self.bind_host(Path::new("/dev/shm"), Path::new("/dev/shm"), false)?;
         }

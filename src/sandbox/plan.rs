@@ -79,6 +79,28 @@ pub struct RunPlan {
     pub stats: Option<StatsFormat>,
     /// Forward SIGINT and SIGQUIT to the job (not on a terminal, where the job gets them itself).
     pub forward_interrupts: bool,
+    /// The seccomp filters to load.
+    pub seccomp: super::seccomp::Seccomp,
+    /// Capability names a `--fakeroot` job keeps in its bounding set (none otherwise).
+    pub keep_caps: Vec<String>,
+    /// Instead of the job, print what the container looks like from inside (`--security-report`).
+    pub report: bool,
+}
+
+/// Read-only binds over the parts of `protected` (the cache, the unpacked images) that the
+/// binds in `mounts` would otherwise expose writable to the job (e.g. a cache under $HOME).
+pub fn protect(mounts: &[MountOp], protected: &[PathBuf]) -> Vec<MountOp> {
+    let mut extra = Vec::new();
+    for op in mounts {
+        let MountOp::Bind { src, dst, readonly: false, .. } = op else { continue };
+        for dir in protected {
+            if let Ok(rest) = dir.strip_prefix(src) {
+                let dst = dst.join(rest);
+                extra.push(MountOp::Bind { src: dir.clone(), dst, readonly: true, optional: true });
+            }
+        }
+    }
+    extra
 }
 
 /// The user the job runs as, as the host knows them.
@@ -295,6 +317,30 @@ mod tests {
         assert_eq!(passwd(Some(image), &user, true), image);
         assert_eq!(group(Some("root:x:0:\n"), &user, false), "root:x:0:\nalice:x:1001:\n");
         assert_eq!(passwd(None, &user, true), "root:x:0:0:root:/root:/bin/sh\n");
+    }
+
+    #[test]
+    fn a_cache_under_a_writable_bind_is_bound_again_read_only() {
+        let bind = |src: &str, dst: &str, readonly| MountOp::Bind {
+            src: src.into(),
+            dst: dst.into(),
+            readonly,
+            optional: false,
+        };
+        let mounts =
+            [bind("/home/a", "/home/a", false), bind("/data", "/in", false), bind("/home", "/h", true)];
+        let extra =
+            protect(&mounts, &["/home/a/.cache/boxrun".into(), "/data/rootfs".into(), "/elsewhere".into()]);
+        let expect = |src: &str, dst: &str| MountOp::Bind {
+            src: src.into(),
+            dst: dst.into(),
+            readonly: true,
+            optional: true,
+        };
+        assert_eq!(
+            extra,
+            [expect("/home/a/.cache/boxrun", "/home/a/.cache/boxrun"), expect("/data/rootfs", "/in/rootfs")]
+        );
     }
 
     #[test]

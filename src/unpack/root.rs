@@ -116,6 +116,19 @@ impl Root {
         openat(&parent, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(io)
     }
 
+    /// Replace whatever is at `path` with a regular file holding `contents` (mode 0644).
+    pub fn replace_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => (dir, name),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")),
+        };
+        let parent = self.dir(dir, true)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Root::write_file(&parent, name, 0o644, now, &mut &contents[..], &mut [0u8; 4096]).map(drop)
+    }
+
     /// Remove whatever `name` is in `parent` (a whole tree for a directory); absent is fine.
     pub fn remove(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
         match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {

@@ -77,6 +77,18 @@ pub fn images() -> &'static Path {
     })
 }
 
+/// tests/probe/probe.c, compiled static once per process (it runs inside any image).
+pub fn probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        require_tool("cc", "gcc libc6-dev");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("probe.{}", std::process::id()));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
+        run_ok(Command::new("cc").args(["-static", "-O2", "-o"]).arg(&out).arg(source));
+        out
+    })
+}
+
 /// The uid and gid boxrun runs as: the test user's under root, else our own.
 pub fn test_ids() -> (u32, u32) {
     static IDS: OnceLock<(u32, u32)> = OnceLock::new();
