@@ -74,33 +74,7 @@ def fifo(name, mode=0o644):
     return ("fifo", name, mode)
 
 
-def tarinfo(e):
-    """A TarInfo for an entry tuple, its name exactly as given (no normalisation)."""
-    kind, name, mode = e[0], e[1], e[2]
-    ti = tarfile.TarInfo()
-    ti.name = name          # raw: leading '/', '..' and all
-    ti.mode = mode
-    ti.mtime = mk.EPOCH
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    data = None
-    if kind == "dir":
-        ti.type = tarfile.DIRTYPE  # tarfile appends the trailing '/'
-    elif kind == "file":
-        ti.type = tarfile.REGTYPE
-        data = e[3]
-        ti.size = len(data)
-    elif kind in ("symlink", "hardlink"):
-        ti.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
-        ti.linkname = e[3]
-    elif kind in ("char", "block"):
-        ti.type = tarfile.CHRTYPE if kind == "char" else tarfile.BLKTYPE
-        ti.devmajor, ti.devminor = e[3], e[4]
-    elif kind == "fifo":
-        ti.type = tarfile.FIFOTYPE
-    else:
-        raise ValueError(kind)
-    return ti, data
+tarinfo = mk.tarinfo
 
 
 class _Sink:

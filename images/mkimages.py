@@ -83,32 +83,42 @@ def whiteout(name):
     return ("file", name, 0o644, b"")
 
 
+def tarinfo(e):
+    """A TarInfo (and its data) for an entry tuple, its name exactly as given: no
+    normalisation, so mkhostile.py can write names that climb or start with '/'."""
+    kind, name, mode = e[0], e[1], e[2]
+    ti = tarfile.TarInfo()
+    ti.name = name
+    ti.mode = mode
+    ti.mtime = EPOCH
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    data = None
+    if kind == "dir":
+        ti.type = tarfile.DIRTYPE  # tarfile appends the trailing '/'
+    elif kind == "file":
+        ti.type = tarfile.REGTYPE
+        data = e[3]
+        ti.size = len(data)
+    elif kind in ("symlink", "hardlink"):
+        ti.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+        ti.linkname = e[3]
+    elif kind in ("char", "block"):
+        ti.type = tarfile.CHRTYPE if kind == "char" else tarfile.BLKTYPE
+        ti.devmajor, ti.devminor = e[3], e[4]
+    elif kind == "fifo":
+        ti.type = tarfile.FIFOTYPE
+    else:
+        raise ValueError(kind)
+    return ti, data
+
+
 def make_tar(entries):
     """Uncompressed tar bytes for a list of entries, in list order."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for e in entries:
-            kind, name, mode = e[0], e[1], e[2]
-            ti = tarfile.TarInfo(name)
-            ti.mode = mode
-            ti.mtime = EPOCH
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            data = None
-            if kind == "dir":
-                ti.type = tarfile.DIRTYPE  # tarfile appends the trailing '/'
-            elif kind == "file":
-                ti.type = tarfile.REGTYPE
-                data = e[3]
-                ti.size = len(data)
-            elif kind == "symlink":
-                ti.type = tarfile.SYMTYPE
-                ti.linkname = e[3]
-            elif kind == "hardlink":
-                ti.type = tarfile.LNKTYPE
-                ti.linkname = e[3]
-            else:
-                raise ValueError(kind)
+            ti, data = tarinfo(e)
             tar.addfile(ti, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
 

@@ -97,20 +97,26 @@ fn forwarded(plan: &RunPlan) -> SigSet {
 
 /// Wait for `child`, forwarding `signals` to it; its exit status, or 128+N if a signal killed it.
 fn relay(child: Pid, signals: SigSet) -> i32 {
+    forward_until(child, signals, || match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        Ok(_) | Err(Errno::EINTR) => None,
+        Err(e) => fail(format!("waitpid: {e}")),
+    })
+}
+
+/// Forward `signals` to `target` and, on each SIGCHLD, ask `reap` whether the child we wait
+/// for has ended (its status) or not yet (`None`).
+fn forward_until(target: Pid, signals: SigSet, mut reap: impl FnMut() -> Option<i32>) -> i32 {
     let mut waited = signals;
     waited.add(Signal::SIGCHLD);
     loop {
         let signal = waited.wait().unwrap_or_else(|e| fail(format!("sigwait: {e}")));
         if signal != Signal::SIGCHLD {
-            // The child may be gone already; its SIGCHLD is then pending.
-            let _ = kill(child, signal);
-            continue;
-        }
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => fail(format!("waitpid: {e}")),
+            // The target may be gone already; its SIGCHLD is then pending.
+            let _ = kill(target, signal);
+        } else if let Some(code) = reap() {
+            return code;
         }
     }
 }
@@ -167,24 +173,17 @@ extern "C" fn noop(_: libc::c_int) {}
 /// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
 /// itself exits; the kernel kills what is left when PID 1 exits.
 fn supervise(job: Pid, signals: SigSet) -> i32 {
-    let mut waited = signals;
-    waited.add(Signal::SIGCHLD);
-    loop {
-        let signal = waited.wait().unwrap_or_else(|e| fail(format!("sigwait: {e}")));
-        if signal != Signal::SIGCHLD {
-            let _ = kill(job, signal); // the job may have exited; its SIGCHLD is pending
-            continue;
-        }
+    forward_until(job, signals, || {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
-                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return 128 + signal as i32,
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(WaitStatus::Exited(pid, code)) if pid == job => return Some(code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return Some(128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => fail(format!("waitpid: {e}")),
             }
         }
-    }
+    })
 }
 
 /// In the job's process: unblock signals, find the command on the image's PATH, exec it.

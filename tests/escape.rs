@@ -9,44 +9,22 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use common::{Env, Registry, Run};
+use common::{Rig, Run};
 
-struct Rig {
-    _registry: Registry,
-    env: Env,
-    tiny: String,
-}
-
-/// An env with `tiny` pulled and the probe in the work directory (the job's cwd).
+/// `rig()` with the probe in the work directory (the job's cwd).
 fn rig() -> Rig {
-    let registry = Registry::start();
-    registry.push("tiny", "tiny");
-    let env = Env::new();
-    let tiny = format!("{}/tiny", registry.host());
-    env.run(&["pull", "-q", &tiny]).ok();
-    let probe = env.work().join("probe");
+    let rig = common::rig();
+    let probe = rig.env.work().join("probe");
     std::fs::copy(common::probe(), &probe).unwrap();
     std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Rig { _registry: registry, env, tiny }
+    rig
 }
 
-impl Rig {
-    fn run(&self, options: &[&str], command: &[&str]) -> Run {
-        let mut args: Vec<&str> = options.to_vec();
-        args.push(&self.tiny);
-        args.extend(command);
-        self.env.run_in_work(&args, None)
-    }
-
-    fn sh(&self, options: &[&str], script: &str) -> Run {
-        self.run(options, &["sh", "-c", script])
-    }
-
-    fn probe(&self, options: &[&str], args: &[&str]) -> String {
-        let mut command = vec!["./probe"];
-        command.extend(args);
-        self.run(options, &command).ok().stdout.trim().to_string()
-    }
+/// `boxrun OPTIONS tiny ./probe ARGS...`: what the probe printed.
+fn probe(rig: &Rig, options: &[&str], args: &[&str]) -> String {
+    let mut command = vec!["./probe"];
+    command.extend(args);
+    rig.run(options, &command).ok().stdout.trim().to_string()
 }
 
 /// `Key: value` of /proc/self/status inside the container.
@@ -99,9 +77,9 @@ fn every_denied_syscall_gets_eperm_and_only_the_filter_denies_them() {
         denied.extend(["iopl", "x32-getpid"]);
     }
     for name in &denied {
-        assert_eq!(rig.probe(&[], &["syscall", name]), "EPERM", "{name}");
+        assert_eq!(probe(&rig, &[], &["syscall", name]), "EPERM", "{name}");
     }
-    assert_eq!(rig.probe(&[], &["syscall", "clone3-user"]), "ENOSYS", "clone3 must look absent");
+    assert_eq!(probe(&rig, &[], &["syscall", "clone3-user"]), "ENOSYS", "clone3 must look absent");
     // Without the filter (a site that allows it), these succeed or fail otherwise: the
     // filter, not a missing capability, is what denied them above.
     rig.env.write("etc/config.toml", "allow_unconfined = true\n");
@@ -118,7 +96,7 @@ fn every_denied_syscall_gets_eperm_and_only_the_filter_denies_them() {
     for name in
         discriminating.iter().chain(if cfg!(target_arch = "x86_64") { &["x32-getpid"][..] } else { &[] })
     {
-        assert_ne!(rig.probe(&["--seccomp=unconfined"], &["syscall", name]), "EPERM", "{name} unconfined");
+        assert_ne!(probe(&rig, &["--seccomp=unconfined"], &["syscall", name]), "EPERM", "{name} unconfined");
     }
     // Unconfined means no filter, not no lock-down: no_new_privs stays (seccompiler would
     // set it while loading a filter, so only a run without one shows it is ours).
@@ -128,8 +106,8 @@ fn every_denied_syscall_gets_eperm_and_only_the_filter_denies_them() {
         ("1", "0")
     );
     // --allow-nested lifts only the user-namespace rules.
-    assert_eq!(rig.probe(&["--allow-nested"], &["syscall", "unshare-user"]), "OK");
-    assert_eq!(rig.probe(&["--allow-nested"], &["syscall", "keyctl"]), "EPERM");
+    assert_eq!(probe(&rig, &["--allow-nested"], &["syscall", "unshare-user"]), "OK");
+    assert_eq!(probe(&rig, &["--allow-nested"], &["syscall", "keyctl"]), "EPERM");
 }
 
 #[test]
@@ -141,7 +119,7 @@ fn unconfined_needs_the_site_and_a_bad_profile_is_a_clear_error() {
     let run = rig.run(&["--seccomp", profile], &["true"]);
     run.fails_with(125, "line 2");
     let custom = rig.env.write("work/custom", "getpid EPERM\n");
-    assert_eq!(rig.probe(&["--seccomp", custom.to_str().unwrap()], &["syscall", "keyctl"]), "OK");
+    assert_eq!(probe(&rig, &["--seccomp", custom.to_str().unwrap()], &["syscall", "keyctl"]), "OK");
 }
 
 #[test]
@@ -208,8 +186,8 @@ fn processes_outside_cannot_be_signalled_or_traced() {
         .spawn()
         .unwrap();
     let pid = outside.id().to_string();
-    assert_eq!(rig.probe(&[], &["kill", &pid]), "ESRCH");
-    assert_eq!(rig.probe(&[], &["ptrace", &pid]), "ESRCH");
+    assert_eq!(probe(&rig, &[], &["kill", &pid]), "ESRCH");
+    assert_eq!(probe(&rig, &[], &["ptrace", &pid]), "ESRCH");
     outside.kill().unwrap();
     outside.wait().unwrap();
 }

@@ -10,42 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{Env, Registry, Run};
-
-/// A registry with `tiny`, and an env whose cache has it pulled.
-struct Rig {
-    _registry: Registry,
-    env: Env,
-    tiny: String,
-}
-
-fn rig() -> Rig {
-    let registry = Registry::start();
-    registry.push("tiny", "tiny");
-    let env = Env::new();
-    let tiny = format!("{}/tiny", registry.host());
-    env.run(&["pull", "-q", &tiny]).ok();
-    Rig { _registry: registry, env, tiny }
-}
-
-impl Rig {
-    /// `boxrun IMAGE sh -c SCRIPT` in the work directory.
-    fn sh(&self, options: &[&str], script: &str) -> Run {
-        let mut args: Vec<&str> = options.to_vec();
-        args.extend([self.tiny.as_str(), "sh", "-c", script]);
-        self.env.run_in_work(&args, None)
-    }
-}
-
-/// A container started in the background, killed if the test fails before it ends.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Env, Guard, Registry, Run, rig};
 
 fn outside(command: &str, args: &[&str]) -> String {
     let (uid, gid) = common::test_ids();

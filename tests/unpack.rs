@@ -142,13 +142,19 @@ fn rmi_and_gc_remove_a_rootfs_built_from_read_only_directories() {
     assert!(std::fs::read_dir(env.cache().join("rootfs")).unwrap().next().is_none());
 }
 
-#[test]
-fn no_unpack_only_fetches_and_a_later_pull_builds_the_rootfs_from_the_blobs() {
+/// `layered` fetched without its rootfs: the registry, the env, the reference and its manifest.
+fn fetched_layered() -> (Registry, Env, String, String) {
     let registry = Registry::start();
     registry.push("layered", "layered");
     let env = Env::new();
     let reference = format!("{}/layered", registry.host());
     let manifest = env.run(&["pull", "--no-unpack", &reference]).ok().stdout.trim().to_string();
+    (registry, env, reference, manifest)
+}
+
+#[test]
+fn no_unpack_only_fetches_and_a_later_pull_builds_the_rootfs_from_the_blobs() {
+    let (registry, env, reference, manifest) = fetched_layered();
     let rootfs = rootfs_of(&env, &manifest);
     assert!(!rootfs.exists());
     drop(registry);
@@ -158,11 +164,7 @@ fn no_unpack_only_fetches_and_a_later_pull_builds_the_rootfs_from_the_blobs() {
 
 #[test]
 fn sixteen_jobs_starting_one_image_build_its_rootfs_once() {
-    let registry = Registry::start();
-    registry.push("layered", "layered");
-    let env = Env::new();
-    let reference = format!("{}/layered", registry.host());
-    let manifest = env.run(&["pull", "--no-unpack", &reference]).ok().stdout.trim().to_string();
+    let (_registry, env, reference, manifest) = fetched_layered();
     let children: Vec<_> = (0..16)
         .map(|_| {
             let mut command = env.boxrun();
@@ -183,11 +185,7 @@ fn sixteen_jobs_starting_one_image_build_its_rootfs_once() {
 
 #[test]
 fn an_unpack_killed_at_any_point_leaves_nothing_a_later_run_takes_for_complete() {
-    let registry = Registry::start();
-    registry.push("layered", "layered");
-    let env = Env::new();
-    let reference = format!("{}/layered", registry.host());
-    let manifest = env.run(&["pull", "--no-unpack", &reference]).ok().stdout.trim().to_string();
+    let (_registry, env, reference, manifest) = fetched_layered();
     let rootfs = rootfs_of(&env, &manifest);
     // Kill points spread over the unpack's lifetime: before, during, and maybe after it.
     for delay_us in [0u64, 500, 2_000, 5_000, 10_000, 20_000] {

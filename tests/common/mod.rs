@@ -515,3 +515,45 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A registry serving `tiny`, and an env whose cache has it pulled: the start of every test of
+/// running jobs.
+pub struct Rig {
+    _registry: Registry,
+    pub env: Env,
+    pub tiny: String,
+}
+
+pub fn rig() -> Rig {
+    let registry = Registry::start();
+    registry.push("tiny", "tiny");
+    let env = Env::new();
+    let tiny = format!("{}/tiny", registry.host());
+    env.run(&["pull", "-q", &tiny]).ok();
+    Rig { _registry: registry, env, tiny }
+}
+
+impl Rig {
+    /// `boxrun OPTIONS tiny COMMAND...` in the work directory.
+    pub fn run(&self, options: &[&str], command: &[&str]) -> Run {
+        let mut args: Vec<&str> = options.to_vec();
+        args.push(&self.tiny);
+        args.extend(command);
+        self.env.run_in_work(&args, None)
+    }
+
+    /// `boxrun OPTIONS tiny sh -c SCRIPT` in the work directory.
+    pub fn sh(&self, options: &[&str], script: &str) -> Run {
+        self.run(options, &["sh", "-c", script])
+    }
+}
+
+/// A process started in the background, killed if the test fails before it ends.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
