@@ -43,6 +43,13 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Delete blobs that no cached image needs, and staging left by killed processes
     Gc(GcArgs),
+    /// List your running containers
+    Ps(PsArgs),
+    /// Send a signal to one of your running containers (default SIGTERM)
+    Kill(KillArgs),
+    /// A scheduler's job wrapper: run CMD in $BOXRUN_IMAGE (or $CONTAINER_IMAGE), bare if unset
+    #[command(after_help = WRAP_HELP)]
+    Wrap(WrapArgs),
     /// (internal) the start path after the re-exec: namespaces, PID 1, the job
     #[command(name = "__init", hide = true)]
     Init {
@@ -58,8 +65,42 @@ image is read-only; /tmp and /var/tmp are private; your home and the current dir
 bound (the job starts in the current directory); /dev, /proc, /sys are set up.
 Environment: the host's, then the image's Env, then --env-file, then -e.";
 
+const WRAP_HELP: &str = "\
+Sites configure this as their job wrapper (HTCondor USER_JOB_WRAPPER, a PBS execjob_launch hook,
+a Slurm srun wrapper): the image comes from BOXRUN_IMAGE, else CONTAINER_IMAGE; options from
+BOXRUN_OPTS (e.g. \"--writable-tmpfs -v /scratch:/scratch\"). With neither image variable set the
+command runs bare, so a cluster-wide wrapper does not break ordinary jobs (unless the site's
+config sets wrap_require_image = true).";
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// The container's name, as `boxrun ps` shows it
+    pub name: String,
+    /// Signal name or number (TERM, SIGUSR1, 9, ...)
+    #[arg(default_value = "TERM")]
+    pub signal: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// The job's command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The container's name for `boxrun ps` and `boxrun kill` (default: from the scheduler's
+    /// job, e.g. slurm-JOB.STEP.RANK, or a random one)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Bind a host path into the container (repeatable)
     #[arg(short = 'v', long = "bind", value_name = "SRC[:DST[:ro|rw]]")]
     pub binds: Vec<String>,

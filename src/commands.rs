@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::Error;
-use crate::cli::{Command, GcArgs, ImagesArgs, PullArgs, RmiArgs};
+use crate::cli::{Command, GcArgs, ImagesArgs, KillArgs, PsArgs, PullArgs, RmiArgs};
 use crate::config::Settings;
 use crate::platform::Platform;
 use crate::progress::{self, Progress, human_bytes};
@@ -14,18 +14,23 @@ use crate::store::Store;
 
 /// Run one subcommand; the exit status on success.
 pub fn dispatch(command: Command) -> Result<i32, Error> {
-    if let Command::Init { plan_fd } = command {
-        crate::init::main(plan_fd); // the re-exec'd start path needs no settings
-    }
+    // These need no settings and no cache.
+    let command = match command {
+        Command::Init { plan_fd } => crate::init::main(plan_fd),
+        Command::Ps(args) => return ps_command(args),
+        Command::Kill(args) => return kill_command(args),
+        other => other,
+    };
     let settings = Settings::load()?;
     let store = Store::open(&settings.cache_dir, &settings.data_dir)?;
     match command {
         Command::Run(args) => crate::run::run(&settings, &store, *args),
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Ps(_) | Command::Kill(_) => unreachable!("handled above"),
         Command::Pull(args) => pull_command(&settings, &store, args),
         Command::Images(args) => images_command(&store, args),
         Command::Rmi(args) => rmi_command(&settings, &store, args),
         Command::Gc(args) => gc_command(&store, args),
+        Command::Wrap(args) => crate::run::wrap(&settings, &store, args),
     }
 }
 
@@ -115,6 +120,49 @@ fn gc_command(store: &Store, args: GcArgs) -> Result<i32, Error> {
         ));
     }
     Ok(0)
+}
+
+fn ps_command(args: PsArgs) -> Result<i32, Error> {
+    let running = crate::state::list()?;
+    if args.json {
+        print(format_args!("{}\n", serde_json::to_string_pretty(&running).expect("states serialise")));
+        return Ok(0);
+    }
+    let mut table =
+        format!("{:<24} {:<40} {:<12} {:>8} {:<20} COMMAND\n", "NAME", "IMAGE", "JOB", "PID", "STARTED");
+    for c in &running {
+        let started = format!("{}s ago", now().saturating_sub(c.started_at));
+        let job = c.job.as_deref().unwrap_or("-");
+        table.push_str(&format!(
+            "{:<24} {:<40} {:<12} {:>8} {:<20} {}\n",
+            c.name,
+            c.image,
+            job,
+            c.pid,
+            started,
+            c.command.join(" ")
+        ));
+    }
+    print(format_args!("{table}"));
+    Ok(0)
+}
+
+fn kill_command(args: KillArgs) -> Result<i32, Error> {
+    let name = args.signal.to_ascii_uppercase();
+    let signal = match name.parse::<i32>() {
+        Ok(number) => nix::sys::signal::Signal::try_from(number).ok(),
+        Err(_) => {
+            let full = if name.starts_with("SIG") { name.clone() } else { format!("SIG{name}") };
+            full.parse().ok()
+        }
+    }
+    .ok_or_else(|| Error::BadSignal(args.signal.clone()))?;
+    crate::state::kill(&args.name, signal)?;
+    Ok(0)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Print to stdout; a closed pipe (`boxrun images | head`) is not an error worth a message.

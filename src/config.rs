@@ -64,6 +64,7 @@ struct ConfigFile {
     seccomp: Option<PathBuf>,
     allow_unconfined: Option<bool>,
     fakeroot_capabilities: Option<Vec<String>>,
+    wrap_require_image: Option<bool>,
 }
 
 /// The merged settings every command works from.
@@ -86,6 +87,8 @@ pub struct Settings {
     pub allow_unconfined: bool,
     /// The capabilities a `--fakeroot` job keeps (site policy only).
     pub fakeroot_capabilities: Vec<String>,
+    /// Must `boxrun wrap` find an image (no bare jobs)? Site policy only.
+    pub wrap_require_image: bool,
 }
 
 impl Settings {
@@ -126,6 +129,7 @@ impl Settings {
             env_passthrough: user.env_passthrough.or(system.env_passthrough).unwrap_or_default(),
             seccomp: user.seccomp.or(system.seccomp),
             allow_unconfined: system.allow_unconfined.unwrap_or(false),
+            wrap_require_image: system.wrap_require_image.unwrap_or(false),
             fakeroot_capabilities: system.fakeroot_capabilities.unwrap_or_else(|| {
                 crate::sandbox::lockdown::FAKEROOT_DEFAULT.iter().map(|c| c.to_string()).collect()
             }),

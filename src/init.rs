@@ -69,6 +69,10 @@ pub fn main(plan_fd: RawFd) -> ! {
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
             let code = relay(child, signals);
+            if let Some(state_file) = &plan.state_file {
+                // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead).
+                drop(fs_err::remove_file(state_file));
+            }
             drop(alive_write);
             std::process::exit(code)
         }

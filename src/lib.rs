@@ -17,6 +17,8 @@ pub mod registry;
 pub mod rootfs;
 pub mod run;
 pub mod sandbox;
+pub mod scheduler;
+pub mod state;
 pub mod store;
 pub mod unpack;
 
@@ -44,6 +46,10 @@ pub enum Error {
     Run(#[from] run::RunError),
     #[error("no image '{0}' in the cache (see `boxrun images`)")]
     NotInCache(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("unknown signal '{0}': give a name (TERM, SIGUSR1) or a number")]
+    BadSignal(String),
 }
 
 impl Error {

@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::cli::{RunArgs, StatsArg};
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+
+use clap::Parser;
+
+use crate::cli::{RunArgs, StatsArg, WrapArgs};
 use crate::config::Settings;
 use crate::platform::Platform;
 use crate::progress::{self, Progress};
@@ -20,6 +25,8 @@ use crate::reference::Reference;
 use crate::rootfs;
 use crate::sandbox::plan::{self, MountOp, Namespaces, PlanError, RunPlan, StatsFormat, User};
 use crate::sandbox::seccomp::{self, Seccomp};
+use crate::scheduler::{self, Job};
+use crate::state::{self, ContainerState};
 use crate::store::Store;
 use crate::store::refs::ImageRecord;
 
@@ -43,8 +50,74 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
         None => pull(settings, store, &reference, &PullOptions { platform, offline: false }, &progress)?,
     };
     let rootfs = rootfs::ensure(store, &record, &progress)?;
-    let plan = make_plan(settings, store, &record, rootfs, &args)?;
-    Err(crate::Error::Run(exec_init(&plan)))
+    let mut plan = make_plan(settings, store, &record, rootfs, &args)?;
+    let state_file = register(&mut plan, &record, args.name.clone())?;
+    let error = exec_init(&plan);
+    drop(fs_err::remove_file(&state_file)); // the container never started
+    Err(crate::Error::Run(error))
+}
+
+/// Record the container for `boxrun ps` under its name (from `--name` or the scheduler's job)
+/// and tell the job that name in `BOXRUN_CONTAINER`.
+fn register(plan: &mut RunPlan, record: &ImageRecord, name: Option<String>) -> Result<PathBuf, crate::Error> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let job = Job::detect(&env);
+    let pid = std::process::id() as i32;
+    let mut state = ContainerState {
+        name: name.unwrap_or_else(|| job.container_name()),
+        image: record.reference.clone(),
+        job: job.id(),
+        pid,
+        start_ticks: state::start_ticks(pid).unwrap_or(0),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        command: plan.argv.clone(),
+    };
+    let path = state::register(&mut state)?;
+    for (key, value) in plan.env.iter_mut() {
+        if key == "BOXRUN_CONTAINER" {
+            *value = state.name.clone();
+        }
+    }
+    plan.state_file = Some(path.clone());
+    Ok(path)
+}
+
+/// `boxrun wrap -- CMD...`: run CMD in the image the scheduler's environment names, with the
+/// options of `BOXRUN_OPTS`, or bare when it names none.
+pub fn wrap(settings: &Settings, store: &Store, args: WrapArgs) -> Result<i32, crate::Error> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let Some(image) = scheduler::wrap_image(&env) else {
+        if settings.wrap_require_image {
+            return Err(RunError::Policy(
+                "this site runs every job in a container: set BOXRUN_IMAGE (or CONTAINER_IMAGE) to an image"
+                    .into(),
+            )
+            .into());
+        }
+        let error = std::process::Command::new(&args.command[0]).args(&args.command[1..]).exec();
+        let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        eprintln!("boxrun: error: cannot execute '{}': {error}", args.command[0]);
+        return Ok(code);
+    };
+    let options: Vec<String> = env
+        .get("BOXRUN_OPTS")
+        .map(|o| o.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let argv =
+        ["boxrun".to_string(), "run".into()].into_iter().chain(options).chain([image]).chain(args.command);
+    match crate::cli::Cli::try_parse_from(argv) {
+        Ok(crate::cli::Cli { command: crate::cli::Command::Run(run_args), .. }) => {
+            run(settings, store, *run_args)
+        }
+        Ok(_) => unreachable!("the argv starts with `run`"),
+        Err(e) => Err(RunError::Policy(format!(
+            "invalid BOXRUN_OPTS: {}",
+            e.to_string().lines().next().unwrap_or("")
+        ))
+        .into()),
+    }
 }
 
 fn make_plan(
@@ -136,6 +209,7 @@ fn make_plan(
         seccomp: seccomp_choice(settings, args)?,
         keep_caps: settings.fakeroot_capabilities.clone(),
         report: args.security_report,
+        state_file: None,
     })
 }
 

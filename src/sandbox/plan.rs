@@ -85,6 +85,8 @@ pub struct RunPlan {
     pub keep_caps: Vec<String>,
     /// Instead of the job, print what the container looks like from inside (`--security-report`).
     pub report: bool,
+    /// The `boxrun ps` record, removed by the relay when the container ends.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Read-only binds over the parts of `protected` (the cache, the unpacked images) that the

@@ -1,0 +1,133 @@
+//! Running containers, for `boxrun ps` and `boxrun kill`: one small JSON file per container in
+//! the user's runtime directory, `$XDG_RUNTIME_DIR/boxrun` (else `/tmp/boxrun-<uid>`, mode
+//! 0700, so no other user sees or signals them). Written before the container starts, removed
+//! by the relay when it ends; a file whose process is gone (SIGKILL) is pruned when listed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot {action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path} belongs to another user; set XDG_RUNTIME_DIR to a directory of your own")]
+    NotOurs { path: PathBuf },
+    #[error("no running container named '{0}' (see `boxrun ps`)")]
+    Unknown(String),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// What `boxrun ps` shows of one container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub name: String,
+    pub image: String,
+    pub job: Option<String>,
+    /// The outer boxrun (the relay): signals sent to it reach the job.
+    pub pid: i32,
+    /// The relay's start time in clock ticks (/proc/PID/stat field 22): a reused pid differs.
+    pub start_ticks: u64,
+    /// Seconds since the epoch.
+    pub started_at: u64,
+    pub command: Vec<String>,
+}
+
+/// The state directory, created 0700 if missing.
+pub fn dir() -> Result<PathBuf, StateError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(runtime) => PathBuf::from(runtime).join("boxrun"),
+        None => PathBuf::from(format!("/tmp/boxrun-{uid}")),
+    };
+    // std's DirBuilder (fs_err has none): its error is mapped to one naming the path below.
+    #[allow(clippy::disallowed_methods)]
+    let created = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    match created {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create", &dir)(e)),
+    }
+    // In a shared /tmp, someone else could have made it first.
+    let meta = fs_err::symlink_metadata(&dir).map_err(io("inspect", &dir))?;
+    if meta.uid() != uid || !meta.is_dir() {
+        return Err(StateError::NotOurs { path: dir });
+    }
+    Ok(dir)
+}
+
+/// The start time of process `pid` in clock ticks, if it exists.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ContainerState {
+    fn alive(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
+    }
+}
+
+/// Record a starting container under its name (suffixed `-2`, `-3`… if a live container has
+/// it already); the file's path, for the relay to remove at the end.
+pub fn register(state: &mut ContainerState) -> Result<PathBuf, StateError> {
+    let dir = dir()?;
+    let base = state.name.clone();
+    for n in 1.. {
+        if n > 1 {
+            state.name = format!("{base}-{n}");
+        }
+        let path = dir.join(format!("{}.json", state.name));
+        if let Some(existing) = read(&path)
+            && existing.alive()
+        {
+            continue;
+        }
+        let json = serde_json::to_vec(state).expect("state serialises");
+        let staging = dir.join(format!(".{}.{}", state.name, std::process::id()));
+        fs_err::write(&staging, json).map_err(io("write", &staging))?;
+        fs_err::rename(&staging, &path).map_err(io("write", &path))?;
+        return Ok(path);
+    }
+    unreachable!("an unused name exists")
+}
+
+fn read(path: &Path) -> Option<ContainerState> {
+    serde_json::from_slice(&fs_err::read(path).ok()?).ok()
+}
+
+/// The user's running containers, oldest first; files of dead ones are removed.
+pub fn list() -> Result<Vec<ContainerState>, StateError> {
+    let dir = dir()?;
+    let mut running = Vec::new();
+    for entry in fs_err::read_dir(&dir).map_err(io("list", &dir))? {
+        let path = entry.map_err(io("list", &dir))?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match read(&path) {
+            Some(state) if state.alive() => running.push(state),
+            // Dead (killed before it could clean up) or unreadable: prune, best effort.
+            _ => drop(fs_err::remove_file(&path)),
+        }
+    }
+    running.sort_by_key(|s| (s.started_at, s.name.clone()));
+    Ok(running)
+}
+
+/// Send `signal` to the container `name` (its relay forwards it to the job).
+pub fn kill(name: &str, signal: nix::sys::signal::Signal) -> Result<(), StateError> {
+    let state =
+        list()?.into_iter().find(|s| s.name == name).ok_or_else(|| StateError::Unknown(name.into()))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.pid), signal).map_err(|e| StateError::Io {
+        action: "signal",
+        path: format!("/proc/{}", state.pid).into(),
+        source: e.into(),
+    })
+}
