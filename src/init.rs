@@ -49,6 +49,13 @@ fn fail(message: impl std::fmt::Display) -> ! {
 /// `boxrun __init --plan-fd N`: never returns.
 pub fn main(plan_fd: RawFd) -> ! {
     let plan = read_plan(plan_fd).unwrap_or_else(|e| fail(format!("cannot read the run plan: {e}")));
+    start(&plan)
+}
+
+/// Enter the namespaces and run the plan. The caller must be single-threaded: a fresh exec,
+/// or the outer boxrun on the warm path, which started no thread.
+pub fn start(plan: &RunPlan) -> ! {
+    let plan = plan.clone();
     let signals = forwarded(&plan);
     let mut blocked = signals;
     blocked.add(Signal::SIGCHLD);

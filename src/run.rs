@@ -45,13 +45,20 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
     let reference = Reference::parse(&args.image, &settings.default_registry)?;
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
     let progress = Progress::new(progress::Mode::detect(args.quiet));
-    let record = match store.load_record(&reference, platform.as_ref().unwrap_or(&Platform::host()))? {
+    let cached = store.load_record(&reference, platform.as_ref().unwrap_or(&Platform::host()))?;
+    let warm = cached.as_ref().is_some_and(|record| rootfs::path(store, record).is_dir());
+    let record = match cached {
         Some(record) => record,
         None => pull(settings, store, &reference, &PullOptions { platform, offline: false }, &progress)?,
     };
     let rootfs = rootfs::ensure(store, &record, &progress)?;
     let mut plan = make_plan(settings, store, &record, rootfs, &args)?;
     let state_file = register(&mut plan, &record, args.name.clone())?;
+    // The warm path started no thread (nothing was pulled or unpacked): this process can
+    // enter the namespaces itself, saving an exec. Otherwise a fresh single-threaded exec.
+    if warm && single_threaded() {
+        crate::init::start(&plan);
+    }
     let error = exec_init(&plan);
     drop(fs_err::remove_file(&state_file)); // the container never started
     Err(crate::Error::Run(error))
@@ -278,6 +285,11 @@ fn host_user() -> User {
         group: group.unwrap_or_else(|| format!("group{gid}")),
         home: home.unwrap_or_else(|| PathBuf::from("/")),
     }
+}
+
+/// Does this process have one thread (`unshare(CLONE_NEWUSER)` fails with EINVAL otherwise)?
+fn single_threaded() -> bool {
+    fs_err::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 /// Put the plan on a memfd and exec `/proc/self/exe __init --plan-fd N`. The exec ends every
