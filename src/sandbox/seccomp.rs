@@ -92,6 +92,20 @@ mod tests {
     }
 
     #[test]
+    fn the_default_profile_compiles_for_every_supported_architecture() {
+        let text =
+            fs_err::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.profile")).unwrap();
+        let rules = seccomp_profile::parse(&text).unwrap();
+        for arch in seccomp_profile::ARCHES {
+            for nested in [false, true] {
+                let bytes =
+                    seccomp_profile::compile(&rules, arch, nested).unwrap_or_else(|e| panic!("{arch}: {e}"));
+                assert_eq!(programs(&bytes).unwrap().len(), 2, "{arch}");
+            }
+        }
+    }
+
+    #[test]
     fn profiles_parse_and_errors_name_the_line() {
         let text =
             fs_err::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.profile")).unwrap();
