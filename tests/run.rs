@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{Env, Guard, Registry, Run, rig};
+use common::{Env, Guard, Registry, Run, rig, sleeping, wait_until};
 
 fn outside(command: &str, args: &[&str]) -> String {
     let (uid, gid) = common::test_ids();
@@ -108,24 +108,6 @@ fn sigterm_reaches_the_jobs_handler() {
     assert_eq!(std::fs::read_to_string(rig.env.work().join("caught")).unwrap(), "caught\n");
 }
 
-/// Processes of the test user whose command line holds `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("sleep ") && c.contains(marker))
-        .collect()
-}
-
-/// Poll `condition` until it holds or five seconds pass (the assertion after it decides).
-fn wait_until(condition: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !condition() && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
-    }
-}
-
 #[test]
 fn sigkill_of_boxrun_kills_every_process_of_the_container() {
     let rig = rig();
@@ -137,13 +119,13 @@ fn sigkill_of_boxrun_kills_every_process_of_the_container() {
     );
     BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
     // The background sleeps may still be between fork and exec: wait (bounded) to see both.
-    wait_until(|| processes_with(&marker).len() == 2);
-    assert_eq!(processes_with(&marker).len(), 2);
+    wait_until(|| sleeping(&marker) == 2);
+    assert_eq!(sleeping(&marker), 2);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // The kernel kills the PID namespace as PID 1 dies; allow it a moment, bounded.
-    wait_until(|| processes_with(&marker).is_empty());
-    assert_eq!(processes_with(&marker), Vec::<String>::new(), "container processes outlived boxrun");
+    wait_until(|| sleeping(&marker) == 0);
+    assert_eq!(sleeping(&marker), 0, "container processes outlived boxrun");
 }
 
 #[test]

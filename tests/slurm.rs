@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Env, Registry};
+use common::{Env, Registry, sleeping, wait_until};
 
 const USER: &str = common::TEST_USER;
 
@@ -50,24 +50,6 @@ fn text(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Processes whose command line holds `marker`.
-fn processes_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| {
-            String::from_utf8_lossy(c).starts_with("sleep") && String::from_utf8_lossy(c).contains(marker)
-        })
-        .count()
-}
-
-fn wait_until(condition: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !condition() && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
-    }
-}
-
 #[test]
 fn jobs_run_in_their_step_cgroup_are_named_after_it_and_die_with_scancel() {
     // The image is pulled before: the cluster's network namespace has only loopback.
@@ -104,13 +86,13 @@ fn jobs_run_in_their_step_cgroup_are_named_after_it_and_die_with_scancel() {
             &["sbatch", "-o", "/dev/null", "--wrap", &format!("{boxrun} {tiny} sleep {marker}")],
         ));
     let job = submitted.split_whitespace().last().unwrap().to_string();
-    wait_until(|| processes_with(&marker) == 1);
-    assert_eq!(processes_with(&marker), 1, "the job did not start");
+    wait_until(|| sleeping(&marker) == 1);
+    assert_eq!(sleeping(&marker), 1, "the job did not start");
     let listed = text(&cluster.client(&vars, &[&boxrun, "ps"]));
     assert!(listed.contains(&format!("slurm-{job}.batch.0")), "{listed}");
     text(&cluster.client(&vars, &["scancel", &job]));
-    wait_until(|| processes_with(&marker) == 0);
-    assert_eq!(processes_with(&marker), 0, "container processes outlived scancel");
+    wait_until(|| sleeping(&marker) == 0);
+    assert_eq!(sleeping(&marker), 0, "container processes outlived scancel");
     wait_until(|| !text(&cluster.client(&vars, &[&boxrun, "ps"])).contains(&job));
     assert!(
         !text(&cluster.client(&vars, &[&boxrun, "ps"])).contains(&job),

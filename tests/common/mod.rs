@@ -557,3 +557,22 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// How many `sleep` processes (of anyone) have `marker` in their command line: tests start
+/// `sleep MARKER` in containers and count them from the host.
+pub fn sleeping(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("sleep ") && c.contains(marker))
+        .count()
+}
+
+/// Poll `condition` until it holds or 30 seconds pass; the assertion after it decides.
+pub fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
