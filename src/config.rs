@@ -65,6 +65,7 @@ struct ConfigFile {
     allow_unconfined: Option<bool>,
     fakeroot_capabilities: Option<Vec<String>>,
     wrap_require_image: Option<bool>,
+    tmp_from: Option<TmpFrom>,
 }
 
 /// The merged settings every command works from.
@@ -89,6 +90,18 @@ pub struct Settings {
     pub fakeroot_capabilities: Vec<String>,
     /// Must `boxrun wrap` find an image (no bare jobs)? Site policy only.
     pub wrap_require_image: bool,
+    /// What backs the container's /tmp.
+    pub tmp_from: TmpFrom,
+}
+
+/// What backs the container's /tmp: memory, or the scheduler's per-job scratch directory
+/// (`_CONDOR_SCRATCH_DIR`, else `TMPDIR`), as HTCondor's MOUNT_UNDER_SCRATCH does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum TmpFrom {
+    #[default]
+    Tmpfs,
+    Scratch,
 }
 
 impl Settings {
@@ -130,6 +143,7 @@ impl Settings {
             seccomp: user.seccomp.or(system.seccomp),
             allow_unconfined: system.allow_unconfined.unwrap_or(false),
             wrap_require_image: system.wrap_require_image.unwrap_or(false),
+            tmp_from: user.tmp_from.or(system.tmp_from).unwrap_or_default(),
             fakeroot_capabilities: system.fakeroot_capabilities.unwrap_or_else(|| {
                 crate::sandbox::lockdown::FAKEROOT_DEFAULT.iter().map(|c| c.to_string()).collect()
             }),

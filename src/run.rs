@@ -141,7 +141,7 @@ fn make_plan(
         MountOp::Proc,
         MountOp::Dev { private_shm: args.ipc },
         MountOp::Sys,
-        MountOp::Tmpfs { dst: "/tmp".into(), mode: 0o1777 },
+        tmp_mount(settings)?,
         MountOp::Tmpfs { dst: "/var/tmp".into(), mode: 0o1777 },
     ];
     let home_bound = !args.no_home && !plan::is_system_path(&user.home);
@@ -218,6 +218,22 @@ fn make_plan(
         report: args.security_report,
         state_file: None,
     })
+}
+
+/// The container's /tmp: a private tmpfs, or with `tmp_from = "scratch"` a directory in the
+/// scheduler's per-job scratch space (which the scheduler cleans), when the job has one.
+fn tmp_mount(settings: &Settings) -> Result<MountOp, RunError> {
+    let scratch =
+        ["_CONDOR_SCRATCH_DIR", "TMPDIR"].iter().find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()));
+    match (settings.tmp_from, scratch) {
+        (crate::config::TmpFrom::Scratch, Some(scratch)) => {
+            let dir = PathBuf::from(scratch).join("boxrun-tmp");
+            fs_err::create_dir_all(&dir)
+                .map_err(|e| RunError::Exec(format!("cannot create /tmp's scratch directory: {e}")))?;
+            Ok(MountOp::Bind { src: dir, dst: "/tmp".into(), readonly: false, optional: false })
+        }
+        _ => Ok(MountOp::Tmpfs { dst: "/tmp".into(), mode: 0o1777 }),
+    }
 }
 
 /// The seccomp filters: `--seccomp`, else the site's profile, else the built-in one.

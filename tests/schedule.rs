@@ -114,3 +114,17 @@ fn wrap_runs_the_job_in_the_image_the_scheduler_names_or_bare() {
     wrap(&[("BOXRUN_IMAGE", &rig.tiny), ("BOXRUN_OPTS", "--no-such-flag")])
         .fails_with(125, "invalid BOXRUN_OPTS");
 }
+
+#[test]
+fn tmp_can_live_in_the_schedulers_scratch_directory() {
+    let rig = rig();
+    let scratch = rig.env.mkdir("work/scratch");
+    rig.env.config("tmp_from = \"scratch\"\n");
+    let mut command = rig.env.boxrun();
+    command.env("TMPDIR", &scratch).args([&rig.tiny, "sh", "-c", "echo kept > /tmp/result"]);
+    Run::from(command.current_dir(rig.env.work()).output().unwrap()).ok();
+    assert_eq!(std::fs::read_to_string(scratch.join("boxrun-tmp/result")).unwrap(), "kept\n");
+    // Without a scratch directory in the environment, /tmp stays a private tmpfs.
+    rig.sh(&[], "echo gone > /tmp/result").ok();
+    assert_eq!(std::fs::read_to_string(scratch.join("boxrun-tmp/result")).unwrap(), "kept\n");
+}
