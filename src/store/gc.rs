@@ -41,35 +41,25 @@ impl Store {
         let mut report = GcReport::default();
         let keep: HashSet<Digest> =
             self.records()?.iter().flat_map(|(_, record)| record.blobs().cloned()).collect();
+        let kept = |name: &str| Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
         for (path, name) in list(&self.blobs_dir())? {
-            if Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d)) {
-                continue;
+            if !kept(&name) {
+                report.bytes_freed += fs_err::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                remove(&path)?;
+                report.blobs_removed += 1;
             }
-            let size = fs_err::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            remove(&path)?;
-            report.blobs_removed += 1;
-            report.bytes_freed += size;
         }
         for (path, name) in list(&self.rootfs_dir())? {
-            if Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d)) {
-                continue;
+            if !kept(&name) {
+                remove(&path)?;
+                report.rootfs_removed += 1;
             }
-            remove(&path)?;
-            report.rootfs_removed += 1;
         }
-        let mut staging = list(&self.tmp_dir())?;
-        if self.data_tmp_dir() != self.tmp_dir() {
-            staging.extend(list(&self.data_tmp_dir())?);
-        }
-        for (path, _) in staging {
+        for (path, _) in list_each(&[self.tmp_dir(), self.data_tmp_dir()])? {
             remove(&path)?;
             report.staging_removed += 1;
         }
-        let mut locks = list(&self.locks_dir())?;
-        if self.data_locks_dir() != self.locks_dir() {
-            locks.extend(list(&self.data_locks_dir())?);
-        }
-        for (path, name) in locks {
+        for (path, name) in list_each(&[self.locks_dir(), self.data_locks_dir()])? {
             if name != "gc.lock" {
                 remove(&path)?;
             }
@@ -83,6 +73,17 @@ fn list(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, StoreError> {
     for entry in fs_err::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
         let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
         out.push((entry.path(), entry.file_name().to_string_lossy().into_owned()));
+    }
+    Ok(out)
+}
+
+/// The entries of each directory, once each (the data directories default to the cache's).
+fn list_each(dirs: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, String)>, StoreError> {
+    let mut out = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if !dirs[..i].contains(dir) {
+            out.extend(list(dir)?);
+        }
     }
     Ok(out)
 }
