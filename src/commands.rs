@@ -131,7 +131,7 @@ fn ps_command(args: PsArgs) -> Result<i32, Error> {
     let mut table =
         format!("{:<24} {:<40} {:<12} {:>8} {:<20} COMMAND\n", "NAME", "IMAGE", "JOB", "PID", "STARTED");
     for c in &running {
-        let started = format!("{}s ago", now().saturating_sub(c.started_at));
+        let started = format!("{}s ago", crate::unix_time().saturating_sub(c.started_at));
         let job = c.job.as_deref().unwrap_or("-");
         table.push_str(&format!(
             "{:<24} {:<40} {:<12} {:>8} {:<20} {}\n",
@@ -159,10 +159,6 @@ fn kill_command(args: KillArgs) -> Result<i32, Error> {
     .ok_or_else(|| Error::BadSignal(args.signal.clone()))?;
     crate::state::kill(&args.name, signal)?;
     Ok(0)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Print to stdout; a closed pipe (`boxrun images | head`) is not an error worth a message.

@@ -55,23 +55,22 @@ pub fn main(plan_fd: RawFd) -> ! {
 /// Enter the namespaces and run the plan. The caller must be single-threaded: a fresh exec,
 /// or the outer boxrun on the warm path, which started no thread.
 pub fn start(plan: &RunPlan) -> ! {
-    let plan = plan.clone();
-    let signals = forwarded(&plan);
+    let signals = forwarded(plan);
     let mut blocked = signals;
     blocked.add(Signal::SIGCHLD);
     // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
-    ns::enter(&plan).unwrap_or_else(|e| fail(e));
+    ns::enter(plan).unwrap_or_else(|e| fail(e));
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
     let (alive_read, alive_write) = pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
     // ORDER: fork after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
-    // SAFETY: this process is single-threaded (a fresh exec that started no thread).
+    // SAFETY: this process is single-threaded (`start`'s precondition).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(alive_write);
-            pid1(&plan, signals, alive_read)
+            pid1(plan, signals, alive_read)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);

@@ -59,6 +59,11 @@ impl Error {
     }
 }
 
+/// Seconds since the epoch (0 if the clock is before it): record and container timestamps.
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 impl From<sandbox::plan::PlanError> for Error {
     fn from(error: sandbox::plan::PlanError) -> Error {
         Error::Run(run::RunError::Plan(error))

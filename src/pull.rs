@@ -96,7 +96,7 @@ pub fn pull(
         config: image.blobs[0].digest.clone(),
         layers: image.blobs[1..].iter().map(|b| b.digest.clone()).collect(),
         size: image.blobs.iter().map(|b| b.size).sum(),
-        pulled_at: now(),
+        pulled_at: crate::unix_time(),
         run,
     };
     store.save_record(reference, &record).map_err(store_error)?;
@@ -251,8 +251,4 @@ fn fetch_one(client: &Client, store: &Store, wanted: &Wanted, progress: &Progres
         Err(_) => bar.abandon(),
     }
     result
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -1,20 +1,19 @@
 //! `boxrun run IMAGE CMD...`, the outer side: find (or pull and unpack) the image, make the
-//! run plan, and re-execute boxrun as the single-threaded init with the plan on a memfd.
+//! run plan, and start the init: in this very process on the warm path (it started no thread),
+//! else by re-executing boxrun single-threaded with the plan on a memfd.
 //!
 //! The warm path (image cached and unpacked) reads the image record and the image's
-//! /etc/passwd and /etc/group, stats the rootfs, and execs: no network, no layer JSON.
+//! /etc/passwd and /etc/group and stats the rootfs: no network, no layer JSON, no exec.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{IsTerminal, Write};
 use std::os::fd::IntoRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use thiserror::Error;
-
-use std::collections::HashMap;
-use std::os::unix::process::CommandExt;
-
 use clap::Parser;
+use thiserror::Error;
 
 use crate::cli::{RunArgs, StatsArg, WrapArgs};
 use crate::config::Settings;
@@ -76,9 +75,7 @@ fn register(plan: &mut RunPlan, record: &ImageRecord, name: Option<String>) -> R
         job: job.id(),
         pid,
         start_ticks: state::start_ticks(pid).unwrap_or(0),
-        started_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started_at: crate::unix_time(),
         command: plan.argv.clone(),
     };
     let path = state::register(&mut state)?;

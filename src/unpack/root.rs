@@ -123,9 +123,7 @@ impl Root {
             _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")),
         };
         let parent = self.dir(dir, true)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::unix_time() as i64;
         Root::write_file(&parent, name, 0o644, now, &mut &contents[..], &mut [0u8; 4096]).map(drop)
     }
 
