@@ -50,6 +50,9 @@ pub enum Command {
     /// A scheduler's job wrapper: run CMD in $BOXRUN_IMAGE (or $CONTAINER_IMAGE), bare if unset
     #[command(after_help = WRAP_HELP)]
     Wrap(WrapArgs),
+    /// The OCI runtime commands for Slurm's oci.conf (`srun --container=BUNDLE`)
+    #[command(after_help = OCI_HELP)]
+    Oci(OciArgs),
     /// (internal) the start path after the re-exec: namespaces, PID 1, the job
     #[command(name = "__init", hide = true)]
     Init {
@@ -71,6 +74,61 @@ a Slurm srun wrapper): the image comes from BOXRUN_IMAGE, else CONTAINER_IMAGE; 
 BOXRUN_OPTS (e.g. \"--writable-tmpfs -v /scratch:/scratch\"). With neither image variable set the
 command runs bare, so a cluster-wide wrapper does not break ordinary jobs (unless the site's
 config sets wrap_require_image = true).";
+
+const OCI_HELP: &str = "\
+Slurm runs `run` as the job's task and `state`, `kill`, `delete` as root afterwards; give
+those `--user %u` so they act as the job's user. See contrib/slurm/oci.conf. The bundle's
+config.json is honoured where boxrun's sandbox can (args, env, cwd, user as yourself or root
+inside, readonly root, proc/dev/sys/tmpfs/bind mounts, uts/ipc/network namespaces, hostname,
+rlimits) and refused, naming the field, where it cannot. Capabilities, seccomp and
+no_new_privs are boxrun's own, whatever the bundle asks.";
+
+#[derive(Debug, Args)]
+pub struct OciArgs {
+    /// Act as this user (root only; slurmstepd runs state/kill/delete as root)
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    #[command(subcommand)]
+    pub command: OciCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OciCommand {
+    /// Print the container's state as OCI runtime-spec JSON
+    State { id: String },
+    /// Run the bundle's process in the foreground; exits with its status
+    Run {
+        /// The bundle directory (config.json and its rootfs)
+        #[arg(short, long, default_value = ".")]
+        bundle: std::path::PathBuf,
+        id: String,
+    },
+    /// Send a signal (default SIGTERM) to the container
+    Kill {
+        /// Accepted for runc compatibility: the signal reaches the job; KILL ends every process
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// Forget a stopped container; --force kills a running one first
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Not supported: use `run` (RunTimeRun)
+    Create {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Not supported: use `run` (RunTimeRun)
+    Start {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+}
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -143,6 +201,10 @@ pub struct RunArgs {
     /// A private network namespace with loopback only
     #[arg(long)]
     pub net: bool,
+    /// The PID namespace: private, host, or auto (host for an MPI rank, whose shared memory
+    /// with the node's other ranks needs pids that differ; private otherwise)
+    #[arg(long, value_enum, default_value_t = PidArg::Auto, value_name = "MODE")]
+    pub pid: PidArg,
     /// Print wall time, CPU time and peak memory of the job at exit (text or json), to stderr
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
     pub stats: Option<StatsArg>,
@@ -167,6 +229,13 @@ pub struct RunArgs {
     /// The command and its arguments (default: the image's Entrypoint and Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum PidArg {
+    Auto,
+    Private,
+    Host,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]

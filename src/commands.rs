@@ -19,13 +19,16 @@ pub fn dispatch(command: Command) -> Result<i32, Error> {
         Command::Init { plan_fd } => crate::init::main(plan_fd),
         Command::Ps(args) => return ps_command(args),
         Command::Kill(args) => return kill_command(args),
+        Command::Oci(args) => return crate::oci::dispatch(args),
         other => other,
     };
     let settings = Settings::load()?;
     let store = Store::open(&settings.cache_dir, &settings.data_dir)?;
     match command {
         Command::Run(args) => crate::run::run(&settings, &store, *args),
-        Command::Init { .. } | Command::Ps(_) | Command::Kill(_) => unreachable!("handled above"),
+        Command::Init { .. } | Command::Ps(_) | Command::Kill(_) | Command::Oci(_) => {
+            unreachable!("handled above")
+        }
         Command::Pull(args) => pull_command(&settings, &store, args),
         Command::Images(args) => images_command(&store, args),
         Command::Rmi(args) => rmi_command(&settings, &store, args),
@@ -148,15 +151,8 @@ fn ps_command(args: PsArgs) -> Result<i32, Error> {
 }
 
 fn kill_command(args: KillArgs) -> Result<i32, Error> {
-    let name = args.signal.to_ascii_uppercase();
-    let signal = match name.parse::<i32>() {
-        Ok(number) => nix::sys::signal::Signal::try_from(number).ok(),
-        Err(_) => {
-            let full = if name.starts_with("SIG") { name.clone() } else { format!("SIG{name}") };
-            full.parse().ok()
-        }
-    }
-    .ok_or_else(|| Error::BadSignal(args.signal.clone()))?;
+    let signal =
+        crate::state::parse_signal(&args.signal).ok_or_else(|| Error::BadSignal(args.signal.clone()))?;
     crate::state::kill(&args.name, signal)?;
     Ok(0)
 }

@@ -197,14 +197,22 @@ fn env_path(name: &str) -> Option<PathBuf> {
     env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
+/// `$HOME`, else the passwd entry's (Slurm starts OCI runtimes with no HOME).
+fn home() -> Option<PathBuf> {
+    env_path("HOME").or_else(|| {
+        let uid = nix::unistd::getuid();
+        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.dir).filter(|d| d.is_absolute())
+    })
+}
+
 fn user_config_path() -> Option<PathBuf> {
-    let base = env_path("XDG_CONFIG_HOME").or_else(|| env_path("HOME").map(|h| h.join(".config")))?;
+    let base = env_path("XDG_CONFIG_HOME").or_else(|| home().map(|h| h.join(".config")))?;
     Some(base.join("boxrun/config.toml"))
 }
 
 fn default_cache_dir() -> Result<PathBuf, ConfigError> {
     env_path("XDG_CACHE_HOME")
-        .or_else(|| env_path("HOME").map(|h| h.join(".cache")))
+        .or_else(|| home().map(|h| h.join(".cache")))
         .map(|base| base.join("boxrun"))
         .ok_or(ConfigError::NoHome)
 }

@@ -61,6 +61,9 @@ pub fn start(plan: &RunPlan) -> ! {
     // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
+    // ORDER: before the namespaces: PID 1's pivot_root moves this process's root too, so the
+    // relay reaches the `boxrun ps` record through a directory fd opened now.
+    let state_dir = plan.state_file.as_deref().and_then(StateRecord::open);
     ns::enter(plan).unwrap_or_else(|e| fail(e));
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
@@ -70,19 +73,39 @@ pub fn start(plan: &RunPlan) -> ! {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(alive_write);
+            drop(state_dir); // the container keeps no handle on a host directory
             pid1(plan, signals, alive_read)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
             let code = relay(child, signals);
-            if let Some(state_file) = &plan.state_file {
-                // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead).
-                drop(fs_err::remove_file(state_file));
+            if let Some(record) = state_dir {
+                record.remove();
             }
             drop(alive_write);
             std::process::exit(code)
         }
         Err(e) => fail(format!("fork: {e}")),
+    }
+}
+
+/// The container's `boxrun ps` record, reachable after the root moved.
+struct StateRecord {
+    dir: OwnedFd,
+    name: std::path::PathBuf,
+}
+
+impl StateRecord {
+    fn open(path: &std::path::Path) -> Option<StateRecord> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+        let dir = nix::fcntl::open(path.parent()?, flags, nix::sys::stat::Mode::empty()).ok()?;
+        Some(StateRecord { dir, name: path.file_name()?.into() })
+    }
+
+    /// Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead).
+    fn remove(self) {
+        let _ =
+            nix::unistd::unlinkat(&self.dir, self.name.as_path(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     }
 }
 
@@ -140,6 +163,12 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
     if poll(&mut poll_fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
         std::process::exit(EXIT_BOXRUN_FAILED);
     }
+    if plan.namespaces.host_pid {
+        // Not PID 1 of a namespace: become the reaper of the job's orphans instead, so that
+        // they can be found and killed when the job ends.
+        prctl::set_child_subreaper(true)
+            .unwrap_or_else(|e| fail(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")));
+    }
     mount::build(plan).unwrap_or_else(|e| fail(e));
     if let Some(hostname) = &plan.hostname {
         nix::unistd::sethostname(hostname).unwrap_or_else(|e| fail(format!("sethostname: {e}")));
@@ -169,6 +198,9 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
         Ok(ForkResult::Child) => exec_job(plan),
         Ok(ForkResult::Parent { child }) => {
             let code = supervise(child, signals);
+            if plan.namespaces.host_pid {
+                kill_leftovers();
+            }
             if let Some(format) = plan.stats {
                 print_stats(format, start, code);
             }
@@ -194,6 +226,25 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
             }
         }
     })
+}
+
+/// With no PID namespace whose end kills them, SIGKILL what the job left running: our
+/// children (the job's orphans, reparented to us as their subreaper), until none is left.
+fn kill_leftovers() {
+    let children = || {
+        let me = std::process::id();
+        fs_err::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default()
+    };
+    for _ in 0..1000 {
+        let pids: Vec<i32> = children().split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
 }
 
 /// In the job's process: unblock signals, find the command on the image's PATH, exec it.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod image;
 pub mod init;
+pub mod oci;
 pub mod platform;
 pub mod progress;
 pub mod pull;
@@ -48,6 +49,8 @@ pub enum Error {
     NotInCache(String),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
     #[error("unknown signal '{0}': give a name (TERM, SIGUSR1) or a number")]
     BadSignal(String),
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use thiserror::Error;
 
-use crate::cli::{RunArgs, StatsArg, WrapArgs};
+use crate::cli::{PidArg, RunArgs, StatsArg, WrapArgs};
 use crate::config::Settings;
 use crate::platform::Platform;
 use crate::progress::{self, Progress};
@@ -53,14 +53,19 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
     let rootfs = rootfs::ensure(store, &record, &progress)?;
     let mut plan = make_plan(settings, store, &record, rootfs, &args)?;
     let state_file = register(&mut plan, &record, args.name.clone())?;
-    // The warm path started no thread (nothing was pulled or unpacked): this process can
-    // enter the namespaces itself, saving an exec. Otherwise a fresh single-threaded exec.
-    if warm && single_threaded() {
-        crate::init::start(&plan);
+    Err(start(&plan, warm, &state_file))
+}
+
+/// Start the container of `plan`; returns only on failure. When this process started no
+/// thread (`may_start_here`: nothing was pulled or unpacked), it enters the namespaces itself,
+/// saving an exec; otherwise a fresh single-threaded exec of boxrun does.
+pub(crate) fn start(plan: &RunPlan, may_start_here: bool, state_file: &Path) -> crate::Error {
+    if may_start_here && single_threaded() {
+        crate::init::start(plan);
     }
-    let error = exec_init(&plan);
-    drop(fs_err::remove_file(&state_file)); // the container never started
-    Err(crate::Error::Run(error))
+    let error = exec_init(plan);
+    drop(fs_err::remove_file(state_file)); // the container never started
+    crate::Error::Run(error)
 }
 
 /// Record the container for `boxrun ps` under its name (from `--name` or the scheduler's job)
@@ -77,6 +82,7 @@ fn register(plan: &mut RunPlan, record: &ImageRecord, name: Option<String>) -> R
         start_ticks: state::start_ticks(pid).unwrap_or(0),
         started_at: crate::unix_time(),
         command: plan.argv.clone(),
+        bundle: None,
     };
     let path = state::register(&mut state)?;
     for (key, value) in plan.env.iter_mut() {
@@ -154,6 +160,10 @@ fn make_plan(
     if cwd_bound && !(home_bound && cwd.starts_with(&user.home)) {
         mounts.push(MountOp::Bind { src: cwd.clone(), dst: cwd.clone(), readonly: false, optional: false });
     }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    for dir in scheduler::mpi_directories(&env) {
+        mounts.push(MountOp::Bind { src: dir.clone(), dst: dir, readonly: false, optional: true });
+    }
     for spec in &settings.mount_paths {
         let (src, dst, readonly) = plan::parse_bind(spec, &cwd)?;
         mounts.push(MountOp::Bind { src, dst, readonly, optional: true });
@@ -161,16 +171,7 @@ fn make_plan(
     for spec in &args.binds {
         mounts.push(plan::checked_bind(spec, &cwd, "--bind")?);
     }
-    let image_file = |path: &str| crate::unpack::root::read_file(&rootfs, Path::new(path)).ok().flatten();
-    let (passwd, group) = (image_file("etc/passwd"), image_file("etc/group"));
-    mounts.push(MountOp::File {
-        dst: "/etc/passwd".into(),
-        contents: plan::passwd(passwd.as_deref(), &user, args.fakeroot),
-    });
-    mounts.push(MountOp::File {
-        dst: "/etc/group".into(),
-        contents: plan::group(group.as_deref(), &user, args.fakeroot),
-    });
+    mounts.extend(identity_files(&rootfs, &user, args.fakeroot));
     for file in ["/etc/hosts", "/etc/resolv.conf"] {
         mounts.push(MountOp::Bind { src: file.into(), dst: file.into(), readonly: true, optional: true });
     }
@@ -202,7 +203,16 @@ fn make_plan(
         uid: user.uid,
         gid: user.gid,
         fakeroot: args.fakeroot,
-        namespaces: Namespaces { uts: args.uts || args.hostname.is_some(), ipc: args.ipc, net: args.net },
+        namespaces: Namespaces {
+            uts: args.uts || args.hostname.is_some(),
+            ipc: args.ipc,
+            net: args.net,
+            host_pid: match args.pid {
+                PidArg::Host => true,
+                PidArg::Private => false,
+                PidArg::Auto => scheduler::is_mpi_rank(&env),
+            },
+        },
         hostname: args.hostname.clone(),
         mounts,
         stats: args.stats.map(|s| match s {
@@ -210,11 +220,24 @@ fn make_plan(
             StatsArg::Json => StatsFormat::Json,
         }),
         forward_interrupts: !std::io::stdin().is_terminal(),
-        seccomp: seccomp_choice(settings, args)?,
+        seccomp: seccomp_choice(settings, args.seccomp.as_deref(), args.allow_nested)?,
         keep_caps: settings.fakeroot_capabilities.clone(),
         report: args.security_report,
         state_file: None,
     })
+}
+
+/// /etc/passwd and /etc/group for the container: the image's, with the user (or root) in them.
+pub(crate) fn identity_files(rootfs: &Path, user: &User, fakeroot: bool) -> [MountOp; 2] {
+    let image_file = |path: &str| crate::unpack::root::read_file(rootfs, Path::new(path)).ok().flatten();
+    let (passwd, group) = (image_file("etc/passwd"), image_file("etc/group"));
+    [
+        MountOp::File {
+            dst: "/etc/passwd".into(),
+            contents: plan::passwd(passwd.as_deref(), user, fakeroot),
+        },
+        MountOp::File { dst: "/etc/group".into(), contents: plan::group(group.as_deref(), user, fakeroot) },
+    ]
 }
 
 /// The container's /tmp: a private tmpfs, or with `tmp_from = "scratch"` a directory in the
@@ -234,8 +257,12 @@ fn tmp_mount(settings: &Settings) -> Result<MountOp, RunError> {
 }
 
 /// The seccomp filters: `--seccomp`, else the site's profile, else the built-in one.
-fn seccomp_choice(settings: &Settings, args: &RunArgs) -> Result<Seccomp, RunError> {
-    let file = match args.seccomp.as_deref() {
+pub(crate) fn seccomp_choice(
+    settings: &Settings,
+    choice: Option<&str>,
+    allow_nested: bool,
+) -> Result<Seccomp, RunError> {
+    let file = match choice {
         Some("unconfined") if settings.allow_unconfined => return Ok(Seccomp::Unconfined),
         Some("unconfined") => return Err(RunError::Policy(
             "--seccomp=unconfined is not allowed on this system (the site's config sets allow_unconfined = false)".into(),
@@ -244,9 +271,9 @@ fn seccomp_choice(settings: &Settings, args: &RunArgs) -> Result<Seccomp, RunErr
         None => settings.seccomp.clone(),
     };
     match file {
-        Some(file) => seccomp::compile_file(&file, args.allow_nested)
+        Some(file) => seccomp::compile_file(&file, allow_nested)
             .map_err(|e| RunError::Policy(format!("invalid seccomp profile {}: {e}", file.display()))),
-        None if args.allow_nested => Ok(Seccomp::Nested),
+        None if allow_nested => Ok(Seccomp::Nested),
         None => Ok(Seccomp::Default),
     }
 }
@@ -272,17 +299,25 @@ fn environment(
             env.push((key.to_string(), value));
         }
     };
-    ensure("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    ensure("PATH", DEFAULT_PATH.into());
     ensure("HOME", user.home.display().to_string());
+    if scheduler::is_mpi_rank(&host.iter().cloned().collect()) {
+        // Each rank has its own user namespace, across which the kernel refuses Open MPI's
+        // default single-copy mechanism (CMA): say so up front rather than per rank.
+        ensure("OMPI_MCA_btl_vader_single_copy_mechanism", "none".into());
+    }
     env.retain(|(k, _)| k != "BOXRUN_IMAGE" && k != "BOXRUN_CONTAINER");
     env.push(("BOXRUN_IMAGE".into(), record.reference.clone()));
     env.push(("BOXRUN_CONTAINER".into(), format!("boxrun-{}", std::process::id())));
     Ok(env)
 }
 
+/// PATH for a job whose image and environment set none.
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The user as the host knows them (NSS, so LDAP/SSSD users too), with fallbacks to the
 /// environment where there is no entry.
-fn host_user() -> User {
+pub(crate) fn host_user() -> User {
     use nix::unistd::{Group, User as PwEntry, getgid, getuid};
     let (uid, gid) = (getuid(), getgid());
     let entry = PwEntry::from_uid(uid).ok().flatten();

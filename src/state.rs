@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -16,6 +17,8 @@ pub enum StateError {
     NotOurs { path: PathBuf },
     #[error("no running container named '{0}' (see `boxrun ps`)")]
     Unknown(String),
+    #[error("a running container is named '{0}' already")]
+    Taken(String),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -35,6 +38,9 @@ pub struct ContainerState {
     /// Seconds since the epoch.
     pub started_at: u64,
     pub command: Vec<String>,
+    /// The OCI bundle it was started from (`boxrun oci run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
 }
 
 /// The state directory, created 0700 if missing.
@@ -77,25 +83,50 @@ impl ContainerState {
 /// Record a starting container under its name (suffixed `-2`, `-3`… if a live container has
 /// it already); the file's path, for the relay to remove at the end.
 pub fn register(state: &mut ContainerState) -> Result<PathBuf, StateError> {
-    let dir = dir()?;
     let base = state.name.clone();
     for n in 1.. {
         if n > 1 {
             state.name = format!("{base}-{n}");
         }
-        let path = dir.join(format!("{}.json", state.name));
-        if let Some(existing) = read(&path)
-            && existing.alive()
-        {
-            continue;
+        match register_exact(state) {
+            Err(StateError::Taken(_)) => continue,
+            result => return result,
         }
-        let json = serde_json::to_vec(state).expect("state serialises");
-        let staging = dir.join(format!(".{}.{}", state.name, std::process::id()));
-        fs_err::write(&staging, json).map_err(io("write", &staging))?;
-        fs_err::rename(&staging, &path).map_err(io("write", &path))?;
-        return Ok(path);
     }
     unreachable!("an unused name exists")
+}
+
+/// Record a starting container under exactly its name (an OCI id), unless a live container
+/// has it.
+pub fn register_exact(state: &ContainerState) -> Result<PathBuf, StateError> {
+    let dir = dir()?;
+    let path = dir.join(format!("{}.json", state.name));
+    if read(&path).is_some_and(|existing| existing.alive()) {
+        return Err(StateError::Taken(state.name.clone()));
+    }
+    let json = serde_json::to_vec(state).expect("state serialises");
+    let staging = dir.join(format!(".{}.{}", state.name, std::process::id()));
+    fs_err::write(&staging, json).map_err(io("write", &staging))?;
+    fs_err::rename(&staging, &path).map_err(io("write", &path))?;
+    Ok(path)
+}
+
+/// The container recorded as `name`, and whether it is still alive.
+pub fn lookup(name: &str) -> Result<Option<(ContainerState, bool)>, StateError> {
+    let path = dir()?.join(format!("{name}.json"));
+    Ok(read(&path).map(|state| {
+        let alive = state.alive();
+        (state, alive)
+    }))
+}
+
+/// Remove the record of `name` (gone already is fine).
+pub fn forget(name: &str) -> Result<(), StateError> {
+    let path = dir()?.join(format!("{name}.json"));
+    match fs_err::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
+        _ => Ok(()),
+    }
 }
 
 fn read(path: &Path) -> Option<ContainerState> {
@@ -122,12 +153,28 @@ pub fn list() -> Result<Vec<ContainerState>, StateError> {
 }
 
 /// Send `signal` to the container `name` (its relay forwards it to the job).
-pub fn kill(name: &str, signal: nix::sys::signal::Signal) -> Result<(), StateError> {
+pub fn kill(name: &str, signal: Signal) -> Result<(), StateError> {
     let state =
         list()?.into_iter().find(|s| s.name == name).ok_or_else(|| StateError::Unknown(name.into()))?;
+    self::signal(&state, signal)
+}
+
+/// Send `signal` to a container's relay, which forwards it to the job (SIGKILL ends the relay,
+/// and with it the container's PID 1 and every process of its PID namespace).
+pub fn signal(state: &ContainerState, signal: Signal) -> Result<(), StateError> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.pid), signal).map_err(|e| StateError::Io {
         action: "signal",
         path: format!("/proc/{}", state.pid).into(),
         source: e.into(),
     })
+}
+
+/// A signal by name (`TERM`, `SIGUSR1`, any case) or number.
+pub fn parse_signal(text: &str) -> Option<Signal> {
+    let name = text.to_ascii_uppercase();
+    match name.parse::<i32>() {
+        Ok(number) => Signal::try_from(number).ok(),
+        Err(_) if name.starts_with("SIG") => name.parse().ok(),
+        Err(_) => format!("SIG{name}").parse().ok(),
+    }
 }

@@ -185,8 +185,9 @@ impl NewRoot {
         self.root.mountpoint_file(relative(dst)).map_err(|e| error("create the mount point", dst, e))
     }
 
-    /// A procfs of the new PID namespace; where the host hides parts of its /proc (the
-    /// kernel's mount_too_revealing check, e.g. inside a container), a bind of the host's.
+    /// A procfs of the new PID namespace; a bind of the host's where the host hides parts of
+    /// its /proc (the kernel's mount_too_revealing check, e.g. inside a container) or where
+    /// the job stays in the host's PID namespace (a user namespace may not mount its procfs).
     fn proc(&self) -> Result<(), MountError> {
         let target = self.dir(Path::new("/proc"))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

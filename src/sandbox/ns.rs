@@ -17,9 +17,12 @@ pub enum NsError {
     IdMap { file: &'static str, source: io::Error },
 }
 
-/// The flags for one `unshare`: user, mount and PID always, the rest on request.
+/// The flags for one `unshare`: user and mount always, PID unless the host's, the rest on request.
 pub fn flags(namespaces: Namespaces) -> CloneFlags {
-    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS;
+    if !namespaces.host_pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
     if namespaces.uts {
         flags |= CloneFlags::CLONE_NEWUTS;
     }

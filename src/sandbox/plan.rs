@@ -50,6 +50,9 @@ pub struct Namespaces {
     pub uts: bool,
     pub ipc: bool,
     pub net: bool,
+    /// Stay in the host's PID namespace (MPI ranks: Open MPI tells shared-memory segments
+    /// apart by pid, and every container's job would otherwise be pid 2).
+    pub host_pid: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
