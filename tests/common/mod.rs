@@ -77,6 +77,20 @@ pub fn images() -> &'static Path {
     })
 }
 
+/// The `mpi` image (images/mkmpi.sh: this host's Open MPI packages and an allreduce job),
+/// built once per test process.
+pub fn mpi_images() -> &'static Path {
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        require_tool("mpicc", "libopenmpi-dev openmpi-bin");
+        let out =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mpi-images.{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkmpi.sh");
+        run_ok(Command::new("bash").arg(script).arg(&out));
+        out
+    })
+}
+
 /// tests/probe/probe.c, compiled static once per process (it runs inside any image).
 pub fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
@@ -280,10 +294,11 @@ impl Env {
     }
 }
 
-fn chown(path: &Path) {
+/// Give `path` (not what a symlink points to) to the test user.
+pub fn chown(path: &Path) {
     if is_root() {
         let (uid, gid) = test_ids();
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
     }
 }
 
@@ -473,7 +488,8 @@ impl Registry {
                 image
             }
         };
-        command.arg(format!("oci:{}:latest", images().join(source).display()));
+        let layouts = if image == "mpi" { mpi_images() } else { images() };
+        command.arg(format!("oci:{}:latest", layouts.join(source).display()));
         command.arg(format!("docker://{}/{name}:latest", self.host()));
         run_ok(&mut command);
         std::fs::read_to_string(digest_file.path()).unwrap().trim().to_string()
