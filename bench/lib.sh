@@ -4,7 +4,7 @@
 
 BENCH_USER=boxrun-test
 
-# bench_setup WORKDIR: build boxrun, the test images and the big image; start the registry.
+# bench_setup WORKDIR: build boxrun and the test images; start the registry.
 bench_setup() {
     work=$1
     mkdir -p "$work"
@@ -12,7 +12,6 @@ bench_setup() {
     cargo build --release --locked -q
     install -m 755 target/release/boxrun "$work/boxrun"
     bash images/build.sh "$work/images"
-    bash bench/mkbig "$work/big"
     bench_tls "$work/tls"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     REGISTRY=127.0.0.1:$port
@@ -29,7 +28,20 @@ YAML
     until curl_ok; do sleep 0.1; done
     bench_push "$work/images/tiny" tiny
     bench_push "$work/images/layered" layered
-    bench_push "$work/big" big
+}
+
+# bench_layer_images DIR: push layer30 and layer300, one-layer images of 30 MB and 300 MB of
+# incompressible data (pull's memory must not grow with the layer).
+bench_layer_images() {
+    local dir=$1 size
+    for size in 30 300; do
+        [ -e "$dir/layer$size/index.json" ] || {
+            rm -rf "$dir/src$size" && mkdir -p "$dir/src$size"
+            head -c "${size}M" /dev/urandom > "$dir/src$size/data"
+            python3 images/oci_layer.py "$dir/layer$size" "$dir/src$size"
+        }
+        bench_push "$dir/layer$size" "layer$size"
+    done
 }
 
 curl_ok() {
@@ -55,38 +67,4 @@ bench_tls() {
 # bench_push LAYOUT NAME
 bench_push() {
     skopeo copy --quiet --preserve-digests --dest-tls-verify=false "oci:$1:latest" "docker://$REGISTRY/$2:latest"
-}
-
-# bench_user_env DIR: the environment a benchmarked command runs in (HOME and caches in DIR).
-bench_as_user() {
-    setpriv --reuid "$BENCH_USER" --regid "$BENCH_USER" --clear-groups -- "$@"
-}
-
-# median_table JSON...: print "command median_s min_s ratio_to_first" for hyperfine exports.
-ratios() {
-    python3 - "$@" <<'PY'
-import json, sys
-rows = []
-for path in sys.argv[1:]:
-    for r in json.load(open(path))["results"]:
-        rows.append((r["command"], r["median"], r["min"]))
-base = rows[0][1]
-print(f"| {'command':<34} | median | min | ratio to boxrun |")
-print(f"|{'-'*36}|-------:|----:|----------------:|")
-for name, median, low in rows:
-    print(f"| {name:<34} | {median:.2f} s | {low:.2f} s | {median / base:.2f}× |")
-PY
-}
-
-# ratios_ms JSON: the same table in milliseconds (for start-up times).
-ratios_ms() {
-    python3 - "$@" <<'PY'
-import json, sys
-rows = [(r["command"], r["median"], r["min"]) for r in json.load(open(sys.argv[1]))["results"]]
-base = rows[0][1]
-print(f"| {'command':<26} | median | min | ratio to boxrun |")
-print(f"|{'-'*28}|-------:|----:|----------------:|")
-for name, median, low in rows:
-    print(f"| {name:<26} | {median*1000:.1f} ms | {low*1000:.1f} ms | {median / base:.2f}× |")
-PY
 }

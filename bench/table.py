@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""bench/compare's table: medians, minima and ratios to boxrun, with the issue's targets.
+
+Usage: table.py JSON_DIR RSS30_KB RSS300_KB RUNNING_KB CORES  (hyperfine exports in JSON_DIR)
+"""
+
+import datetime
+import json
+import os
+import sys
+
+SECTIONS = [
+    ("start", "Warm start, `tiny true`", "≤ 1.0× ch-run, ≤ 1.25× floor"),
+    ("cold-debian", "Cold pull + unpack, debian (2 layers)", "≤ 0.5× fastest peer"),
+    ("cold-big", "Cold pull + unpack, big (3 layers)", "≤ 0.6× fastest peer, ≤ 1.2× machine limit"),
+    ("warm-pull", "Warm pull (image cached)", "≤ 0.5× skopeo"),
+    ("concurrent", "Cold starts, debian", "64 at once ≤ 1.3× one"),
+    ("cpu", "CPU-bound job", "inside within bare's spread"),
+]
+
+
+def fmt(seconds):
+    return "%.1f ms" % (seconds * 1000) if seconds < 1 else "%.2f s" % seconds
+
+
+def main(json_dir, rss30, rss300, running, cores):
+    out = ["# boxrun and its peers, side by side",
+           "",
+           "`bench/compare` on %s cores, %s. Medians (min) of one run; ratio = median / boxrun's."
+           % (cores, datetime.date.today().isoformat()), ""]
+    for key, title, target in SECTIONS:
+        path = os.path.join(json_dir, key + ".json")
+        if not os.path.exists(path):
+            continue
+        results = json.load(open(path))["results"]
+        base = results[0]["median"]
+        out += ["## %s (target: %s)" % (title, target), "",
+                "| command | median | min | stddev | ratio |", "|---|---:|---:|---:|---:|"]
+        for r in results:
+            out.append("| %s | %s | %s | %s | %.2f× |" % (r["command"], fmt(r["median"]), fmt(r["min"]),
+                                                      fmt(r["stddev"] or 0), r["median"] / base))
+        out.append("")
+    rss30, rss300, running = int(rss30), int(rss300), int(running)
+    out += ["## Memory (targets: pull flat in the layer size and < 64 MB; outer + init < 4 MB)", "",
+            "| what | RSS |", "|---|---:|",
+            "| peak RSS of `boxrun pull`, one 30 MB layer | %.1f MB |" % (rss30 / 1024),
+            "| peak RSS of `boxrun pull`, one 300 MB layer | %.1f MB (%.2f× the 30 MB pull) |"
+            % (rss300 / 1024, rss300 / max(rss30, 1)),
+            "| boxrun's own processes (outer + init) while a job runs | %.1f MB |" % (running / 1024), ""]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 6:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])
