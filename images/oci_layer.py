@@ -51,7 +51,7 @@ def add_tree(tar, root):
                 info = tarfile.TarInfo(os.path.join(os.path.dirname(rel), ".wh." + name))
                 info.mtime = EPOCH
                 tar.addfile(info)
-            elif stat.S_ISDIR(st.st_mode) or name in filenames:
+            else:  # directories, files, and symlinks (os.walk lists those to directories as dirs)
                 tar.add(path, arcname=rel, recursive=False)
 
 
