@@ -73,17 +73,12 @@ pub(crate) fn start(plan: &RunPlan, may_start_here: bool, state_file: &Path) -> 
 fn register(plan: &mut RunPlan, record: &ImageRecord, name: Option<String>) -> Result<PathBuf, crate::Error> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let job = Job::detect(&env);
-    let pid = std::process::id() as i32;
-    let mut state = ContainerState {
-        name: name.unwrap_or_else(|| job.container_name()),
-        image: record.reference.clone(),
-        job: job.id(),
-        pid,
-        start_ticks: state::start_ticks(pid).unwrap_or(0),
-        started_at: crate::unix_time(),
-        command: plan.argv.clone(),
-        bundle: None,
-    };
+    let mut state = ContainerState::of_this_process(
+        name.unwrap_or_else(|| job.container_name()),
+        record.reference.clone(),
+        job.id(),
+        plan.argv.clone(),
+    );
     let path = state::register(&mut state)?;
     for (key, value) in plan.env.iter_mut() {
         if key == "BOXRUN_CONTAINER" {
@@ -140,6 +135,12 @@ fn make_plan(
     let cwd = std::env::current_dir()
         .map_err(|e| RunError::Exec(format!("cannot find the current directory: {e}")))?;
     let user = host_user();
+    // The host environment, read once: the job's starts from it; MPI launchers show in it.
+    let host: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .collect();
+    let host_map: HashMap<String, String> = host.iter().cloned().collect();
+    let mpi_rank = scheduler::is_mpi_rank(&host_map);
     let mut mounts = vec![
         MountOp::Proc,
         MountOp::Dev { private_shm: args.ipc },
@@ -160,8 +161,7 @@ fn make_plan(
     if cwd_bound && !(home_bound && cwd.starts_with(&user.home)) {
         mounts.push(MountOp::Bind { src: cwd.clone(), dst: cwd.clone(), readonly: false, optional: false });
     }
-    let env: HashMap<String, String> = std::env::vars().collect();
-    for dir in scheduler::mpi_directories(&env) {
+    for dir in scheduler::mpi_directories(&host_map) {
         mounts.push(MountOp::Bind { src: dir.clone(), dst: dir, readonly: false, optional: true });
     }
     for spec in &settings.mount_paths {
@@ -177,11 +177,7 @@ fn make_plan(
     }
     // ORDER: after every bind that could expose them: the cache and the unpacked images stay
     // read-only to the job even where they live under its home or working directory.
-    let mut protected = vec![settings.cache_dir.clone()];
-    if !settings.data_dir.starts_with(&settings.cache_dir) {
-        protected.push(settings.data_dir.clone());
-    }
-    let extra = plan::protect(&mounts, &protected);
+    let extra = plan::protect(&mounts, &protected_dirs(settings));
     mounts.extend(extra);
     let workdir = match &args.workdir {
         Some(dir) if !dir.starts_with('/') => return Err(PlanError::RelativeWorkdir(dir.clone()).into()),
@@ -198,7 +194,7 @@ fn make_plan(
         scratch: store.mnt_dir(),
         writable: args.writable_tmpfs,
         argv,
-        env: environment(settings, record, args, &user)?,
+        env: environment(settings, record, args, &user, &host, mpi_rank)?,
         workdir,
         uid: user.uid,
         gid: user.gid,
@@ -210,7 +206,7 @@ fn make_plan(
             host_pid: match args.pid {
                 PidArg::Host => true,
                 PidArg::Private => false,
-                PidArg::Auto => scheduler::is_mpi_rank(&env),
+                PidArg::Auto => mpi_rank,
             },
         },
         hostname: args.hostname.clone(),
@@ -278,33 +274,37 @@ pub(crate) fn seccomp_choice(
     }
 }
 
+/// The cache and the unpacked images: kept read-only under any writable bind.
+pub(crate) fn protected_dirs(settings: &Settings) -> Vec<PathBuf> {
+    let mut protected = vec![settings.cache_dir.clone()];
+    if !settings.data_dir.starts_with(&settings.cache_dir) {
+        protected.push(settings.data_dir.clone());
+    }
+    protected
+}
+
+/// The job's environment from the host's `host` (`mpi_rank`: started by an MPI launcher).
 fn environment(
     settings: &Settings,
     record: &ImageRecord,
     args: &RunArgs,
     user: &User,
+    host: &[(String, String)],
+    mpi_rank: bool,
 ) -> Result<Vec<(String, String)>, PlanError> {
-    let host: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
-        .collect();
     let mut overrides = Vec::new();
     for file in &args.env_file {
         overrides.extend(plan::read_env_file(file)?);
     }
     overrides.extend(args.env.iter().cloned());
     let mut env =
-        plan::environment(&host, args.clean_env, &settings.remove_env_keys, &record.run.env, &overrides)?;
-    let mut ensure = |key: &str, value: String| {
-        if !env.iter().any(|(k, _)| k == key) {
-            env.push((key.to_string(), value));
-        }
-    };
-    ensure("PATH", DEFAULT_PATH.into());
-    ensure("HOME", user.home.display().to_string());
-    if scheduler::is_mpi_rank(&host.iter().cloned().collect()) {
+        plan::environment(host, args.clean_env, &settings.remove_env_keys, &record.run.env, &overrides)?;
+    plan::set_default_var(&mut env, "PATH", DEFAULT_PATH.into());
+    plan::set_default_var(&mut env, "HOME", user.home.display().to_string());
+    if mpi_rank {
         // Each rank has its own user namespace, across which the kernel refuses Open MPI's
         // default single-copy mechanism (CMA): say so up front rather than per rank.
-        ensure("OMPI_MCA_btl_vader_single_copy_mechanism", "none".into());
+        plan::set_default_var(&mut env, "OMPI_MCA_btl_vader_single_copy_mechanism", "none".into());
     }
     env.retain(|(k, _)| k != "BOXRUN_IMAGE" && k != "BOXRUN_CONTAINER");
     env.push(("BOXRUN_IMAGE".into(), record.reference.clone()));

@@ -75,6 +75,21 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 impl ContainerState {
+    /// The record of a container this process starts and relays for.
+    pub fn of_this_process(name: String, image: String, job: Option<String>, command: Vec<String>) -> Self {
+        let pid = std::process::id() as i32;
+        ContainerState {
+            name,
+            image,
+            job,
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+            started_at: crate::unix_time(),
+            command,
+            bundle: None,
+        }
+    }
+
     fn alive(&self) -> bool {
         start_ticks(self.pid) == Some(self.start_ticks)
     }

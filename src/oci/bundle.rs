@@ -246,10 +246,7 @@ pub fn dedupe_env(env: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for entry in env {
         let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
-        match pairs.iter_mut().find(|(k, _)| k == key) {
-            Some(pair) => pair.1 = value.to_string(),
-            None => pairs.push((key.to_string(), value.to_string())),
-        }
+        crate::sandbox::plan::set_var(&mut pairs, key, value.to_string());
     }
     pairs
 }

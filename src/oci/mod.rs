@@ -167,16 +167,15 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
     }
     let mut mounts = container.mounts;
     mounts.extend(identity_files(&container.rootfs, &user, container.fakeroot));
-    let protected = [settings.cache_dir.clone(), settings.data_dir.clone()];
-    let extra = plan::protect(&mounts, &protected);
+    let extra = plan::protect(&mounts, &crate::run::protected_dirs(&settings));
     mounts.extend(extra);
     let mut env = container.env;
     let host: std::collections::HashMap<String, String> = std::env::vars().collect();
     for (key, value) in crate::scheduler::slurm_task_env(&host, &env) {
-        set_default(&mut env, &key, value);
+        plan::set_default_var(&mut env, &key, value);
     }
-    set_default(&mut env, "PATH", crate::run::DEFAULT_PATH.into());
-    set_default(&mut env, "HOME", user.home.display().to_string());
+    plan::set_default_var(&mut env, "PATH", crate::run::DEFAULT_PATH.into());
+    plan::set_default_var(&mut env, "HOME", user.home.display().to_string());
     env.retain(|(k, _)| k != "BOXRUN_CONTAINER");
     env.push(("BOXRUN_CONTAINER".into(), id.into()));
     let mut plan = RunPlan {
@@ -199,26 +198,14 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
         report: false,
         state_file: None,
     };
-    let record = ContainerState {
-        name: id.into(),
-        image: bundle.display().to_string(),
-        job: crate::scheduler::Job::detect(&plan.env.iter().cloned().collect()).id(),
-        pid: std::process::id() as i32,
-        start_ticks: state::start_ticks(std::process::id() as i32).unwrap_or(0),
-        started_at: crate::unix_time(),
-        command: plan.argv.clone(),
-        bundle: Some(bundle),
-    };
+    let job = crate::scheduler::Job::detect(&plan.env.iter().cloned().collect()).id();
+    let mut record =
+        ContainerState::of_this_process(id.into(), bundle.display().to_string(), job, plan.argv.clone());
+    record.bundle = Some(bundle);
     let state_file = state::register_exact(&record).map_err(|e| match e {
         state::StateError::Taken(_) => crate::Error::from(OciError::Exists(id.into())),
         other => other.into(),
     })?;
     plan.state_file = Some(state_file.clone());
     Err(crate::run::start(&plan, true, &state_file))
-}
-
-fn set_default(env: &mut Vec<(String, String)>, key: &str, value: String) {
-    if !env.iter().any(|(k, _)| k == key) {
-        env.push((key.to_string(), value));
-    }
 }

@@ -182,30 +182,41 @@ pub fn environment(
     };
     let mut env: Vec<(String, String)> =
         if clean { Vec::new() } else { host.iter().filter(|(k, _)| !removed(k)).cloned().collect() };
-    let mut set = |key: String, value: String| match env.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key, value)),
-    };
     for entry in image {
         if let Some((key, value)) = entry.split_once('=') {
-            set(key.to_string(), value.to_string());
+            set_var(&mut env, key, value.to_string());
         }
     }
     for entry in overrides {
         match entry.split_once('=') {
             Some(("", _)) => return Err(PlanError::BadEnv(entry.clone())),
-            Some((key, value)) => set(key.to_string(), value.to_string()),
+            Some((key, value)) => set_var(&mut env, key, value.to_string()),
             None if entry.is_empty() || entry.contains(char::is_whitespace) => {
                 return Err(PlanError::BadEnv(entry.clone()));
             }
             None => {
                 if let Some((_, value)) = host.iter().find(|(k, _)| k == entry) {
-                    set(entry.clone(), value.clone());
+                    set_var(&mut env, entry, value.clone());
                 }
             }
         }
     }
     Ok(env)
+}
+
+/// Set `key` in `env`: in place where it is already set (its position kept), else at the end.
+pub fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key.to_string(), value)),
+    }
+}
+
+/// Set `key` in `env` only where it is not set yet.
+pub fn set_default_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    if !env.iter().any(|(k, _)| k == key) {
+        env.push((key.to_string(), value));
+    }
 }
 
 /// The lines of an env file: `KEY=VALUE` or `KEY`; blank lines and `#` comments skipped.
