@@ -30,11 +30,16 @@ pub fn path(store: &Store, record: &ImageRecord) -> PathBuf {
     store.rootfs_dir().join(record.manifest.hex())
 }
 
-/// The rootfs of `record`, unpacking it first if no one has yet.
-pub fn ensure(store: &Store, record: &ImageRecord, progress: &Progress) -> Result<PathBuf, RootfsError> {
+/// The rootfs of `record`, unpacking it first if no one has yet; and whether this process
+/// unpacked it.
+pub fn ensure(
+    store: &Store,
+    record: &ImageRecord,
+    progress: &Progress,
+) -> Result<(PathBuf, bool), RootfsError> {
     let target = path(store, record);
     if target.is_dir() {
-        return Ok(target);
+        return Ok((target, false));
     }
     let store_error = |source| RootfsError::Store { reference: record.reference.clone(), source };
     let _users =
@@ -45,7 +50,7 @@ pub fn ensure(store: &Store, record: &ImageRecord, progress: &Progress) -> Resul
     })
     .map_err(store_error)?;
     if target.is_dir() {
-        return Ok(target); // built by the process we waited for
+        return Ok((target, false)); // built by the process we waited for
     }
     let layers = layers(store, record)?;
     let staging = store.data_staging_path(&format!("rootfs-{}", record.manifest.short()));
@@ -61,7 +66,7 @@ pub fn ensure(store: &Store, record: &ImageRecord, progress: &Progress) -> Resul
     fs_err::rename(&staging, &target)
         .map_err(|e| store_error(StoreError::io("rename into place", &target, e)))?;
     summarise(progress, record, &report);
-    Ok(target)
+    Ok((target, true))
 }
 
 /// The layers with their blobs and diff_ids (from the image config).

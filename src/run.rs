@@ -44,16 +44,36 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
     let reference = Reference::parse(&args.image, &settings.default_registry)?;
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
     let progress = Progress::new(progress::Mode::detect(args.quiet));
-    let cached = store.load_record(&reference, platform.as_ref().unwrap_or(&Platform::host()))?;
-    let warm = cached.as_ref().is_some_and(|record| rootfs::path(store, record).is_dir());
-    let record = match cached {
-        Some(record) => record,
-        None => pull(settings, store, &reference, &PullOptions { platform, offline: false }, &progress)?,
-    };
-    let rootfs = rootfs::ensure(store, &record, &progress)?;
+    let (record, pulled) = record_or_pull(settings, store, &reference, platform, &progress)?;
+    let (rootfs, built) = rootfs::ensure(store, &record, &progress)?;
     let mut plan = make_plan(settings, store, &record, rootfs, &args)?;
     let state_file = register(&mut plan, &record, args.name.clone())?;
-    Err(start(&plan, warm, &state_file))
+    Err(start(&plan, !pulled && !built, &state_file))
+}
+
+/// The cached record of `reference`, or a pull's; and whether this process pulled. Jobs that
+/// start together on an image the cache lacks pull it in turn: the first asks the registry,
+/// the others find its record once they hold the lock, and ask nothing.
+fn record_or_pull(
+    settings: &Settings,
+    store: &Store,
+    reference: &Reference,
+    platform: Option<Platform>,
+    progress: &Progress,
+) -> Result<(ImageRecord, bool), crate::Error> {
+    let host = Platform::host();
+    let wanted = platform.as_ref().unwrap_or(&host);
+    if let Some(record) = store.load_record(reference, wanted)? {
+        return Ok((record, false));
+    }
+    let _turn = store.lock_reference(reference, wanted, || {
+        progress.note(&format!("{reference}: waiting for another boxrun to pull it"))
+    })?;
+    if let Some(record) = store.load_record(reference, wanted)? {
+        return Ok((record, false));
+    }
+    let record = pull(settings, store, reference, &PullOptions { platform, offline: false }, progress)?;
+    Ok((record, true))
 }
 
 /// Start the container of `plan`; returns only on failure. When this process started no

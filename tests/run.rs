@@ -348,3 +348,34 @@ fn home_cwd_and_site_mount_paths_are_bound_unless_refused() {
     rig.sh(&["--no-home", "--no-cwd"], &format!("cat {}/in-home", home.display()))
         .fails_with(1, "No such file");
 }
+
+#[test]
+fn sixteen_jobs_starting_on_an_uncached_image_ask_the_registry_once_and_build_one_rootfs() {
+    let registry = Registry::start();
+    registry.push("layered", "layered");
+    let proxy = common::proxy::Proxy::start(registry.addr, common::proxy::Fault::None);
+    let env = Env::new();
+    let reference = format!("{}/layered", proxy.addr());
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            let mut command = env.boxrun();
+            command.args([&reference, "sh", "-c", &format!("echo job {i}")]);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let mut unpacked = 0;
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "job {i} failed: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("job {i}\n"));
+        unpacked += stderr.lines().filter(|l| l.contains("unpacked")).count();
+    }
+    assert_eq!(unpacked, 1, "the rootfs was built {unpacked} times");
+    let seen = proxy.seen();
+    let manifest_gets = seen.iter().filter(|s| s.method == "GET" && s.path.contains("/manifests/")).count();
+    assert_eq!(manifest_gets, 1, "16 jobs asked for the manifest {manifest_gets} times");
+    let blobs = std::fs::read_dir(common::images().join("layered/blobs/sha256")).unwrap().count();
+    // The layout's blobs are the manifest, the config and the layers: each fetched once.
+    assert_eq!(proxy.blob_gets(None), blobs - 1, "blobs fetched more than once");
+}

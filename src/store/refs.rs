@@ -63,6 +63,22 @@ impl Store {
         self.write_atomic(&path, &json)
     }
 
+    /// Exclusive lock on pulling `reference` for `platform`: jobs that start on an image this
+    /// cache lacks take it in turn, and those that waited find the record and ask no registry.
+    pub fn lock_reference(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        on_wait: impl FnOnce(),
+    ) -> Result<super::LockGuard, StoreError> {
+        let key = Digest::of(self.record_path(reference, platform).as_os_str().as_encoded_bytes());
+        super::lock::acquire(
+            &super::lock::lock_path(&self.locks_dir(), &format!("ref-{}", key.short())),
+            super::Mode::Exclusive,
+            on_wait,
+        )
+    }
+
     /// The record for `reference` on `platform`, if this cache has it.
     pub fn load_record(
         &self,
