@@ -1,6 +1,6 @@
 //! The command line (clap derive only; no behaviour here).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -244,13 +244,34 @@ pub enum StatsArg {
     Json,
 }
 
+/// Parse the command line. `boxrun [run] IMAGE CMD...`, the start path of every job, builds
+/// only the `run` subcommand's parser (clap's whole tree costs ~0.2 ms per start); help,
+/// `--version` and errors take the whole tree, so they read the same either way.
+pub fn parse(args: Vec<std::ffi::OsString>) -> Cli {
+    let args = with_implicit_run(args);
+    if args.get(1).is_some_and(|a| a == "run") {
+        let verbose = clap::Arg::new("verbose").long("verbose").action(clap::ArgAction::Count);
+        let parser = RunArgs::augment_args(clap::Command::new("run").arg(verbose).no_binary_name(true));
+        let parsed = parser.try_get_matches_from(&args[2..]).and_then(|mut matches| {
+            let verbose = matches.get_count("verbose");
+            let run = RunArgs::from_arg_matches_mut(&mut matches)?;
+            Ok(Cli { verbose, command: Command::Run(Box::new(run)) })
+        });
+        if let Ok(cli) = parsed {
+            return cli;
+        }
+    }
+    Cli::parse_from(args)
+}
+
 /// `boxrun IMAGE CMD...` means `boxrun run IMAGE CMD...`: insert `run` when the first
 /// argument is neither a subcommand nor a top-level flag.
 pub fn with_implicit_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    use clap::CommandFactory;
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else { return args };
     let top_level_flags = ["-h", "--help", "-V", "--version", "--verbose"];
-    let is_subcommand = Cli::command().get_subcommands().any(|c| c.get_name() == first) || first == "help";
+    // The derive's name match: building the whole command tree to ask would cost the start
+    // path a second clap build.
+    let is_subcommand = <Command as Subcommand>::has_subcommand(first) || first == "help";
     if !is_subcommand && !top_level_flags.contains(&first) {
         args.insert(1, "run".into());
     }

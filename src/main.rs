@@ -1,10 +1,7 @@
 //! The `boxrun` binary: parse the command line, run the library, map failures to exit status.
 
-use clap::Parser;
-
 fn main() {
-    let args = boxrun::cli::with_implicit_run(std::env::args_os().collect());
-    let cli = boxrun::cli::Cli::parse_from(args);
+    let cli = boxrun::cli::parse(std::env::args_os().collect());
     init_logging(cli.verbose);
     let code = match boxrun::commands::dispatch(cli.command) {
         Ok(code) => code,

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::Mode;
-use nix::unistd::{chdir, pivot_root};
+use nix::sys::stat::{Mode, SFlag, mkdirat, mknodat};
+use nix::unistd::{UnlinkatFlags, chdir, pivot_root, symlinkat, unlinkat};
 use thiserror::Error;
 
 use super::plan::{MountOp, RunPlan};
@@ -218,16 +218,32 @@ impl NewRoot {
         Ok(())
     }
 
+    /// A tmpfs with the host's harmless nodes bound in, a devpts, /dev/shm, the node's HPC
+    /// devices and the usual links. Everything is made by name in the fresh tmpfs, opened
+    /// once: it holds nothing an image or a user could have placed.
     fn dev(&self, private_shm: bool) -> Result<(), MountError> {
         let dev = self.dir(Path::new("/dev"))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
         mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
             .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
+        let dev_dir =
+            self.root.dir(Path::new("dev"), false).map_err(|e| error("open", Path::new("/dev"), e))?;
+        let in_dev = |name: &str| fd_path(&dev_dir).join(name);
         for node in DEV_NODES {
             let host = Path::new("/dev").join(node);
-            if fs_err::metadata(&host).is_ok() {
-                bind(&host, &self.file(&host)?, false)?;
+            let file = SFlag::S_IFREG;
+            mknodat(&dev_dir, node, file, Mode::from_bits_truncate(0o644), 0)
+                .map_err(|e| error("create the mount point", &host, e))?;
+            match mount(Some(&host), &in_dev(node), None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+                Ok(()) => {}
+                // The host lacks it (the target was just made): the container does too.
+                Err(Errno::ENOENT) => drop(unlinkat(&dev_dir, node, UnlinkatFlags::NoRemoveDir)),
+                Err(e) => return Err(error("bind-mount", &host, e)),
             }
+        }
+        for dir in ["pts", "shm"] {
+            mkdirat(&dev_dir, dir, Mode::from_bits_truncate(0o755))
+                .map_err(|e| error("create the mount point", &Path::new("/dev").join(dir), e))?;
         }
         self.devpts()?;
         if private_shm {
@@ -241,8 +257,6 @@ impl NewRoot {
                 self.bind_host(&device, &device, false)?;
             }
         }
-        let dev_dir =
-            self.root.dir(Path::new("dev"), false).map_err(|e| error("open", Path::new("/dev"), e))?;
         for (name, target) in [
             ("fd", "/proc/self/fd"),
             ("stdin", "/proc/self/fd/0"),
@@ -250,7 +264,7 @@ impl NewRoot {
             ("stderr", "/proc/self/fd/2"),
             ("ptmx", "pts/ptmx"),
         ] {
-            Root::symlink(&dev_dir, std::ffi::OsStr::new(name), Path::new(target))
+            symlinkat(target, &dev_dir, name)
                 .map_err(|e| error("create", &Path::new("/dev").join(name), e))?;
         }
         Ok(())
@@ -278,7 +292,12 @@ impl NewRoot {
     }
 }
 
+/// The NVIDIA GPU nodes (nvidia0.., nvidiactl, nvidia-uvm..): none without the driver's
+/// control node, and then /dev need not be listed.
 fn nvidia_devices() -> Vec<String> {
+    if !Path::new("/dev/nvidiactl").exists() {
+        return Vec::new();
+    }
     fs_err::read_dir("/dev")
         .map(|entries| {
             entries

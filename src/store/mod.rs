@@ -59,8 +59,14 @@ impl Store {
         let store = Store { root: cache_dir.join(FORMAT), data: data_dir.join(FORMAT) };
         let dirs = [store.blobs_dir(), store.refs_dir(), store.tmp_dir(), store.locks_dir()];
         let data_dirs = [store.rootfs_dir(), store.data_tmp_dir(), store.data_locks_dir(), store.mnt_dir()];
-        for dir in dirs.iter().chain(&data_dirs) {
-            fs_err::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        // By default the data directory is the cache's: its tmp/ and locks/ are the same.
+        for dir in dirs.iter().chain(data_dirs.iter().filter(|d| !dirs.contains(d))) {
+            // One mkdir per directory on the start path; the parents only the first time.
+            match fs_err::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => fs_err::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?,
+            }
         }
         Ok(store)
     }
