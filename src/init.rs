@@ -78,6 +78,7 @@ pub fn start(plan: &RunPlan) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
+            release_startup_pages();
             let code = relay(child, signals);
             if let Some(record) = state_dir {
                 record.remove();
@@ -197,6 +198,7 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => exec_job(plan),
         Ok(ForkResult::Parent { child }) => {
+            release_startup_pages();
             let code = supervise(child, signals);
             if plan.namespaces.host_pid {
                 kill_leftovers();
@@ -211,6 +213,43 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
 }
 
 extern "C" fn noop(_: libc::c_int) {}
+
+/// Unmap what the start path touched and the wait loops will not: the pages of every
+/// read-only segment of the binary and its libraries (code and constants: the few the loop
+/// runs fault back in from the page cache) and the heap's free memory. Slurm's job accounting
+/// sums the RSS of the job's processes: the relay and PID 1 then weigh what they use while they
+/// wait (under 1 MB each), not the 5 MB of pages the setup mapped.
+fn release_startup_pages() {
+    /// dl_iterate_phdr's callback: MADV_DONTNEED each loaded segment without write access.
+    /// Writable segments (data, and the relocated RELRO inside them) hold state: never dropped.
+    extern "C" fn each_object(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        _: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid dl_phdr_info whose dlpi_phdr points to dlpi_phnum
+        // program headers, for the duration of the call.
+        let (base, headers) = unsafe {
+            let info = &*info;
+            (info.dlpi_addr as usize, std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize))
+        };
+        let page = 4096;
+        for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
+            let start = (base + header.p_vaddr as usize) & !(page - 1);
+            let end = (base + (header.p_vaddr + header.p_memsz) as usize).next_multiple_of(page);
+            // SAFETY: the range is a read-only mapping of a file: dropping its pages loses
+            // nothing (the next access reads the page cache again). An error (the vDSO is no
+            // file mapping) leaves the pages as they were.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+        0
+    }
+    // SAFETY: the callback only reads what the loader hands it; this process is single-threaded.
+    unsafe {
+        libc::malloc_trim(0);
+        libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
+    }
+}
 
 /// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
 /// itself exits; the kernel kills what is left when PID 1 exits.
