@@ -47,6 +47,16 @@ def main(json_dir, rss30, rss300, running, cores):
             "| peak RSS of `boxrun pull`, one 300 MB layer | %.1f MB (%.2f× the 30 MB pull) |"
             % (rss300 / 1024, rss300 / max(rss30, 1)),
             "| boxrun's own processes (outer + init) while a job runs | %.1f MB |" % (running / 1024), ""]
+    sharing = os.path.join(json_dir, "sharing.json")
+    if os.path.exists(sharing):
+        s = {k: v / 1e6 for k, v in json.load(open(sharing)).items()}
+        out += ["## Image sharing: debian, then big (their base layer is the same blob)", "",
+                "| what | disk |", "|---|---:|",
+                "| blobs of both (the shared layer stored once) | %.0f MB |" % s["blobs"],
+                "| rootfs of debian; of big | %.0f MB; %.0f MB |" % (s["a"], s["b"]),
+                "| both rootfs trees | %.0f MB |" % s["both"],
+                "| files of big identical to debian's, not shared | %.0f MB (%.0f%% of both trees) |"
+                % (s["identical"], 100 * s["identical"] / s["both"]), ""]
     print("\n".join(out))
 
 
