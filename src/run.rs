@@ -46,8 +46,9 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
     let progress = Progress::new(progress::Mode::detect(args.quiet));
     let (record, pulled) = record_or_pull(settings, store, &reference, platform, &progress)?;
     let (rootfs, built) = rootfs::ensure(store, &record, &progress)?;
-    let mut plan = make_plan(settings, store, &record, rootfs, &args)?;
-    let state_file = register(&mut plan, &record, args.name.clone())?;
+    let host = HostEnv::read();
+    let mut plan = make_plan(settings, store, &record, rootfs, &args, &host)?;
+    let state_file = register(&mut plan, &record, args.name.clone(), &host.by_name)?;
     Err(start(&plan, !pulled && !built, &state_file))
 }
 
@@ -88,11 +89,32 @@ pub(crate) fn start(plan: &RunPlan, may_start_here: bool, state_file: &Path) -> 
     crate::Error::Run(error)
 }
 
+/// The host environment, read once per run: the job's environment starts from it (in its
+/// order); the scheduler's job and an MPI launcher show in it (by name).
+struct HostEnv {
+    vars: Vec<(String, String)>,
+    by_name: HashMap<String, String>,
+}
+
+impl HostEnv {
+    fn read() -> HostEnv {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .collect();
+        let by_name = vars.iter().cloned().collect();
+        HostEnv { vars, by_name }
+    }
+}
+
 /// Record the container for `boxrun ps` under its name (from `--name` or the scheduler's job)
 /// and tell the job that name in `BOXRUN_CONTAINER`.
-fn register(plan: &mut RunPlan, record: &ImageRecord, name: Option<String>) -> Result<PathBuf, crate::Error> {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let job = Job::detect(&env);
+fn register(
+    plan: &mut RunPlan,
+    record: &ImageRecord,
+    name: Option<String>,
+    host: &HashMap<String, String>,
+) -> Result<PathBuf, crate::Error> {
+    let job = Job::detect(host);
     let mut state = ContainerState::of_this_process(
         name.unwrap_or_else(|| job.container_name()),
         record.reference.clone(),
@@ -151,16 +173,12 @@ fn make_plan(
     record: &ImageRecord,
     rootfs: PathBuf,
     args: &RunArgs,
+    host: &HostEnv,
 ) -> Result<RunPlan, RunError> {
     let cwd = std::env::current_dir()
         .map_err(|e| RunError::Exec(format!("cannot find the current directory: {e}")))?;
     let user = host_user();
-    // The host environment, read once: the job's starts from it; MPI launchers show in it.
-    let host: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
-        .collect();
-    let host_map: HashMap<String, String> = host.iter().cloned().collect();
-    let mpi_rank = scheduler::is_mpi_rank(&host_map);
+    let mpi_rank = scheduler::is_mpi_rank(&host.by_name);
     let mut mounts = vec![
         MountOp::Proc,
         MountOp::Dev { private_shm: args.ipc },
@@ -181,7 +199,7 @@ fn make_plan(
     if cwd_bound && !(home_bound && cwd.starts_with(&user.home)) {
         mounts.push(MountOp::Bind { src: cwd.clone(), dst: cwd.clone(), readonly: false, optional: false });
     }
-    for dir in scheduler::mpi_directories(&host_map) {
+    for dir in scheduler::mpi_directories(&host.by_name) {
         mounts.push(MountOp::Bind { src: dir.clone(), dst: dir, readonly: false, optional: true });
     }
     for spec in &settings.mount_paths {
@@ -214,7 +232,7 @@ fn make_plan(
         scratch: store.mnt_dir(),
         writable: args.writable_tmpfs,
         argv,
-        env: environment(settings, record, args, &user, &host, mpi_rank)?,
+        env: environment(settings, record, args, &user, &host.vars, mpi_rank)?,
         workdir,
         uid: user.uid,
         gid: user.gid,
@@ -259,6 +277,7 @@ pub(crate) fn identity_files(rootfs: &Path, user: &User, fakeroot: bool) -> [Mou
 /// The container's /tmp: a private tmpfs, or with `tmp_from = "scratch"` a directory in the
 /// scheduler's per-job scratch space (which the scheduler cleans), when the job has one.
 fn tmp_mount(settings: &Settings) -> Result<MountOp, RunError> {
+    // Read as OsStrings: a scratch path need not be UTF-8.
     let scratch =
         ["_CONDOR_SCRATCH_DIR", "TMPDIR"].iter().find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()));
     match (settings.tmp_from, scratch) {
