@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
-use common::{Env, Registry, sleeping, wait_until};
+use common::{Env, sleeping, wait_until};
 
 const USER: &str = common::TEST_USER;
 
@@ -93,11 +93,7 @@ fn jobs_run_in_their_step_cgroup_are_named_after_it_and_die_with_scancel() {
         return;
     }
     // The image is pulled before: the cluster's network namespace has only loopback.
-    let registry = Registry::start();
-    registry.push("tiny", "tiny");
-    let env = Env::new();
-    let tiny = format!("{}/tiny", registry.host());
-    env.run(&["pull", "-q", &tiny]).ok();
+    let (_registry, env, tiny) = common::pulled("tiny");
     let cluster = Cluster::up();
     let boxrun = common::boxrun_binary().display().to_string();
     let vars = [
@@ -260,11 +256,7 @@ fn mpi_ranks_in_containers_allreduce_and_share_memory() {
     if !slurm_installed() {
         return;
     }
-    let registry = Registry::start();
-    registry.push("mpi", "mpi");
-    let env = Env::new();
-    let mpi = format!("{}/mpi", registry.host());
-    env.run(&["pull", "-q", &mpi]).ok();
+    let (_registry, env, mpi) = common::pulled("mpi");
     let cluster = Cluster::up();
     let boxrun = common::boxrun_binary().display().to_string();
     let vars = [

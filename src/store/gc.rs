@@ -80,10 +80,8 @@ fn list(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, StoreError> {
 /// The entries of each directory, once each (the data directories default to the cache's).
 fn list_each(dirs: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, String)>, StoreError> {
     let mut out = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        if !dirs[..i].contains(dir) {
-            out.extend(list(dir)?);
-        }
+    for dir in super::distinct(dirs) {
+        out.extend(list(dir)?);
     }
     Ok(out)
 }

@@ -53,14 +53,25 @@ pub struct Store {
     data: PathBuf,
 }
 
+/// Each directory once: by default the data directory is the cache's, so its tmp/ and locks/
+/// are the cache's too.
+fn distinct<'a>(dirs: impl IntoIterator<Item = &'a PathBuf>) -> Vec<&'a PathBuf> {
+    let mut out: Vec<&PathBuf> = Vec::new();
+    for dir in dirs {
+        if !out.contains(&dir) {
+            out.push(dir);
+        }
+    }
+    out
+}
+
 impl Store {
     /// Open (creating if needed) the cache under `cache_dir`, with rootfs trees under `data_dir`.
     pub fn open(cache_dir: &Path, data_dir: &Path) -> Result<Store, StoreError> {
         let store = Store { root: cache_dir.join(FORMAT), data: data_dir.join(FORMAT) };
         let dirs = [store.blobs_dir(), store.refs_dir(), store.tmp_dir(), store.locks_dir()];
         let data_dirs = [store.rootfs_dir(), store.data_tmp_dir(), store.data_locks_dir(), store.mnt_dir()];
-        // By default the data directory is the cache's: its tmp/ and locks/ are the same.
-        for dir in dirs.iter().chain(data_dirs.iter().filter(|d| !dirs.contains(d))) {
+        for dir in distinct(dirs.iter().chain(&data_dirs)) {
             // One mkdir per directory on the start path; the parents only the first time.
             match fs_err::create_dir(dir) {
                 Ok(()) => {}

@@ -541,12 +541,19 @@ pub struct Rig {
 }
 
 pub fn rig() -> Rig {
-    let registry = Registry::start();
-    registry.push("tiny", "tiny");
-    let env = Env::new();
-    let tiny = format!("{}/tiny", registry.host());
-    env.run(&["pull", "-q", &tiny]).ok();
+    let (registry, env, tiny) = pulled("tiny");
     Rig { _registry: registry, env, tiny }
+}
+
+/// A registry holding the test image `image`, and an environment that has pulled it: the
+/// registry, the environment and the image's reference.
+pub fn pulled(image: &str) -> (Registry, Env, String) {
+    let registry = Registry::start();
+    registry.push(image, image);
+    let env = Env::new();
+    let reference = format!("{}/{image}", registry.host());
+    env.run(&["pull", "-q", &reference]).ok();
+    (registry, env, reference)
 }
 
 impl Rig {
