@@ -231,8 +231,7 @@ impl NewRoot {
         let in_dev = |name: &str| fd_path(&dev_dir).join(name);
         for node in DEV_NODES {
             let host = Path::new("/dev").join(node);
-            let file = SFlag::S_IFREG;
-            mknodat(&dev_dir, node, file, Mode::from_bits_truncate(0o644), 0)
+            mknodat(&dev_dir, node, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0)
                 .map_err(|e| error("create the mount point", &host, e))?;
             match mount(Some(&host), &in_dev(node), None::<&str>, MsFlags::MS_BIND, None::<&str>) {
                 Ok(()) => {}
