@@ -54,8 +54,9 @@ def main(json_dir, rss30, rss300, running, cores):
                 "| what | disk |", "|---|---:|",
                 "| blobs of both (the shared layer stored once) | %.0f MB |" % s["blobs"],
                 "| rootfs of debian; of big | %.0f MB; %.0f MB |" % (s["a"], s["b"]),
-                "| both rootfs trees | %.0f MB |" % s["both"],
-                "| files of big identical to debian's, not shared | %.0f MB (%.0f%% of both trees) |"
+                "| both rootfs trees (hard links counted once) | %.0f MB |" % s["both"],
+                "| saved by big's files hard-linked to debian's | %.0f MB |" % (s["a"] + s["b"] - s["both"]),
+                "| files of big identical to debian's, still not shared | %.0f MB (%.0f%% of both trees) |"
                 % (s["identical"], 100 * s["identical"] / s["both"]), ""]
     print("\n".join(out))
 

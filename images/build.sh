@@ -6,6 +6,7 @@
 #                       the flattened result is described by images/layered.expect
 #   OUTDIR/multiarch    index.json -> image index -> linux/amd64 + linux/arm64/v8
 #   OUTDIR/tiny-docker  tiny with Docker schema2 media types
+#   OUTDIR/tiny-child   tiny's layer + one that rewrites /hello (same size and mtime)
 #   OUTDIR/hostile-*    tiny's busybox layer + hostile layers for the extractor (escapes by
 #                       ../, absolute names, symlinks, hard links and whiteouts, 10000 nested
 #                       directories, symlink loops, devices, an 8 GiB gzip bomb), made by

@@ -3,7 +3,7 @@
 
 Usage: mkimages.py [-v] [--busybox PATH] OUTDIR
 
-Writes OUTDIR/{tiny,layered,multiarch,tiny-docker,tiny-zstd,tiny-mislabeled}, each an OCI image layout
+Writes OUTDIR/{tiny,layered,multiarch,tiny-docker,tiny-zstd,tiny-mislabeled,tiny-child}, each an OCI image layout
 (oci-layout, index.json, blobs/sha256/...) whose index.json names its one
 entry with org.opencontainers.image.ref.name=latest. Called by build.sh, which
 builds into a temporary directory and renames it into place.
@@ -49,6 +49,8 @@ BUSYBOX_APPLETS = ["sh", "ls", "cat", "echo", "id", "ps", "true", "false",
 
 HELLO = b'#!/bin/sh\necho "hello from boxrun tiny image"\n'
 OS_RELEASE = b'NAME="boxrun tiny"\nID=boxrun-tiny\nPRETTY_NAME="boxrun tiny test image"\n'
+# The same length as HELLO, for a file a later layer rewrites with the same size and mtime.
+HELLO_CHILD = b'#!/bin/sh\necho "hello from boxrun tiny child"\n'
 TOOL_SCRIPT = b'#!/bin/sh\necho "uid=$(id -u) gid=$(id -g)"\n'
 
 VERBOSE = False
@@ -392,6 +394,14 @@ def build(out, busybox):
     lay = Layout(os.path.join(out, "tiny-mislabeled"))
     lying_layer = Layer(tiny_entries(busybox), comment="gzip labelled as tar", label=OCI_LAYER_TAR)
     lay.finish(image(lay, [lying_layer], ["/hello"], arch, variant))
+
+    # 7. tiny-child: tiny's layer, then one that rewrites /hello (same size and mtime, other
+    #    bytes) and adds a file: the files it shares with tiny are shared on disk, /hello not.
+    lay = Layout(os.path.join(out, "tiny-child"))
+    assert len(HELLO_CHILD) == len(HELLO)
+    child_layer = Layer([d("etc"), f("etc/child", b"child\n"), f("hello", HELLO_CHILD, 0o755)],
+                        comment="/hello rewritten, /etc/child")
+    lay.finish(image(lay, [tiny_layer, child_layer], ["/hello"], arch, variant))
 
 
 def main(argv):

@@ -246,3 +246,30 @@ fn device_nodes_and_fifos_are_skipped_with_one_summary_line() {
     assert!(rootfs.join("ok").is_file());
     assert!(std::fs::symlink_metadata(rootfs.join("dev/evil-null")).is_err());
 }
+
+#[test]
+fn an_image_on_a_cached_base_shares_its_identical_files_and_keeps_its_own() {
+    let registry = Registry::start();
+    registry.push("tiny", "tiny");
+    registry.push("tiny-child", "tiny-child");
+    let env = Env::new();
+    let base = pull_rootfs(&env, &registry, "tiny");
+    let child_ref = format!("{}/tiny-child", registry.host());
+    let run = env.run(&["pull", &child_ref]);
+    let child = rootfs_of(&env, run.ok().stdout.trim());
+    assert!(run.stderr.contains("shares 2 files"), "no sharing note: {}", run.stderr);
+    let inode = |path: PathBuf| std::fs::metadata(path).unwrap().ino();
+    for shared in ["bin/busybox", "etc/os-release"] {
+        assert_eq!(inode(base.join(shared)), inode(child.join(shared)), "{shared} is stored twice");
+    }
+    // Rewritten by the child's layer with the same size and mtime: only the bytes differ.
+    assert_ne!(inode(base.join("hello")), inode(child.join("hello")));
+    let hello = |rootfs: &Path| std::fs::read_to_string(rootfs.join("hello")).unwrap();
+    assert!(hello(&base).contains("tiny image") && hello(&child).contains("tiny child"));
+    // Each tree stands alone: removing the base leaves the child whole.
+    env.run(&["rmi", &format!("{}/tiny", registry.host())]).ok();
+    env.run(&["gc"]).ok();
+    assert!(!base.exists());
+    let run = env.run(&[&child_ref, "sh", "-c", "/hello; cat /etc/os-release"]);
+    assert!(run.ok().stdout.contains("hello from boxrun tiny child\nNAME=\"boxrun tiny\""), "{}", run.stdout);
+}

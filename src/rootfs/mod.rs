@@ -5,7 +5,9 @@
 //! jobs starting one image at the same second build it once, and a process killed mid-unpack
 //! leaves only staging (which `gc` removes), never a tree a later run could take for complete.
 
-use std::path::PathBuf;
+mod share;
+
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -63,10 +65,47 @@ pub fn ensure(
             return Err(RootfsError::Unpack { reference: record.reference.clone(), source });
         }
     };
+    let shared = share_with_sibling(store, record, &staging);
     fs_err::rename(&staging, &target)
         .map_err(|e| store_error(StoreError::io("rename into place", &target, e)))?;
     summarise(progress, record, &report);
+    if let Some(note) = shared {
+        progress.note(&note);
+    }
     Ok((target, true))
+}
+
+/// Hard-link the files `staging` has in common with the built rootfs that shares the most base
+/// layers with `record`; what it saved, or why it could not, as a note. Sharing only saves disk,
+/// so its failure is no error: each file is the unpacked one or a link to an identical one.
+fn share_with_sibling(store: &Store, record: &ImageRecord, staging: &Path) -> Option<String> {
+    let sibling = sibling(store, record)?;
+    let sibling_path = path(store, &sibling);
+    Some(match share::link_identical(staging, &sibling_path) {
+        Ok(shared) if shared.files == 0 => return None,
+        Ok(shared) => format!(
+            "{}: shares {} files ({}) with {}",
+            record.reference,
+            shared.files,
+            crate::progress::human_bytes(shared.bytes),
+            sibling.reference
+        ),
+        Err(e) => format!("{}: not sharing files with {}: {e}", record.reference, sibling.reference),
+    })
+}
+
+/// The image with a built rootfs whose layers begin with the most of `record`'s.
+fn sibling(store: &Store, record: &ImageRecord) -> Option<ImageRecord> {
+    let common =
+        |other: &ImageRecord| other.layers.iter().zip(&record.layers).take_while(|(a, b)| a == b).count();
+    store
+        .records()
+        .ok()?
+        .into_iter()
+        .map(|(_, other)| (common(&other), other))
+        .filter(|(n, other)| *n > 0 && other.manifest != record.manifest && path(store, other).is_dir())
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, other)| other)
 }
 
 /// The layers with their blobs and diff_ids (from the image config).
