@@ -17,13 +17,14 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::prctl;
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction, sigprocmask,
 };
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, execve, fork, pipe2};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 use crate::EXIT_BOXRUN_FAILED;
 use crate::sandbox::plan::{RunPlan, StatsFormat};
@@ -194,22 +195,16 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
     };
     lockdown::apply(&keep, &plan.seccomp).unwrap_or_else(|e| fail(e));
     let start = Instant::now();
-    // SAFETY: PID 1 is single-threaded.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec_job(plan),
-        Ok(ForkResult::Parent { child }) => {
-            release_startup_pages();
-            let code = supervise(child, signals);
-            if plan.namespaces.host_pid {
-                kill_leftovers();
-            }
-            if let Some(format) = plan.stats {
-                print_stats(format, start, code);
-            }
-            std::process::exit(code)
-        }
-        Err(e) => fail(format!("fork: {e}")),
+    let job = start_job(plan);
+    release_startup_pages();
+    let code = supervise(job, signals);
+    if plan.namespaces.host_pid {
+        kill_leftovers();
     }
+    if let Some(format) = plan.stats {
+        print_stats(format, start, code);
+    }
+    std::process::exit(code)
 }
 
 extern "C" fn noop(_: libc::c_int) {}
@@ -288,13 +283,29 @@ fn kill_leftovers() {
     }
 }
 
-/// In the job's process: unblock signals, find the command on the image's PATH, exec it.
-fn exec_job(plan: &RunPlan) -> ! {
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    if plan.report {
-        crate::sandbox::report::print();
-        std::process::exit(0);
+/// Start the job. `--security-report` prints from a forked child; a command is spawned.
+fn start_job(plan: &RunPlan) -> Pid {
+    if !plan.report {
+        return spawn_job(plan);
     }
+    // SAFETY: PID 1 is single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            crate::sandbox::report::print();
+            std::process::exit(0)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(format!("fork: {e}")),
+    }
+}
+
+/// posix_spawn the command, found on the image's PATH, with the image's environment. glibc
+/// spawns with `clone(CLONE_VM | CLONE_VFORK)`: PID 1's pages are neither copied for the job
+/// nor torn down by its exec, which a fork would do. The job starts with no signal blocked and
+/// SIGPIPE back to its default: Rust's runtime ignores SIGPIPE in boxrun, and an ignored signal
+/// stays ignored across exec (`cmd | head` would then end in EPIPE errors instead of quietly).
+fn spawn_job(plan: &RunPlan) -> Pid {
     let command = &plan.argv[0];
     let path = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v);
     let Some(program) = find_program(command, path) else {
@@ -304,12 +315,21 @@ fn exec_job(plan: &RunPlan) -> ! {
     let cstring = |s: &str| CString::new(s).unwrap_or_else(|_| fail(format!("'{s}' contains a NUL byte")));
     let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a)).collect();
     let env: Vec<CString> = plan.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect();
-    let program =
-        CString::new(program.into_os_string().into_encoded_bytes()).expect("no NUL in a found path");
-    let error = execve(&program, &argv, &env).unwrap_err();
-    let code = if error == Errno::ENOENT { 127 } else { 126 };
-    eprintln!("boxrun: error: cannot execute '{command}': {}", error.desc());
-    std::process::exit(code)
+    let spawned = job_attributes().and_then(|attributes| {
+        posix_spawn(program.as_path(), &PosixSpawnFileActions::init()?, &attributes, &argv, &env)
+    });
+    spawned.unwrap_or_else(|error| {
+        eprintln!("boxrun: error: cannot execute '{command}': {}", error.desc());
+        std::process::exit(if error == Errno::ENOENT { 127 } else { 126 })
+    })
+}
+
+fn job_attributes() -> nix::Result<PosixSpawnAttr> {
+    let mut attributes = PosixSpawnAttr::init()?;
+    attributes.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF)?;
+    attributes.set_sigmask(&SigSet::empty())?;
+    attributes.set_sigdefault(&SigSet::from(Signal::SIGPIPE))?;
+    Ok(attributes)
 }
 
 /// `command` itself if it has a `/`, else the first executable file of that name on `path`.

@@ -90,6 +90,15 @@ fn exit_status_is_the_jobs_or_says_why_it_could_not_run() {
 }
 
 #[test]
+fn a_writer_into_a_closed_pipe_dies_of_sigpipe_as_outside() {
+    let rig = rig();
+    // boxrun's own runtime ignores SIGPIPE; the job must not inherit that: `cat` is killed
+    // (128 + 13) when `true` closes the pipe, where an ignored SIGPIPE gives an EPIPE error.
+    let run = rig.sh(&[], "(cat /dev/zero; echo \"cat: $?\" >&2) | true");
+    assert!(run.ok().stderr.contains("cat: 141"), "{}", run.stderr);
+}
+
+#[test]
 fn sigterm_reaches_the_jobs_handler() {
     let rig = rig();
     let ready = rig.env.fifo("ready");
