@@ -4,6 +4,8 @@
 //! Built in staging under `<data>/v1/tmp/` and renamed into place, under a per-image lock: 16
 //! jobs starting one image at the same second build it once, and a process killed mid-unpack
 //! leaves only staging (which `gc` removes), never a tree a later run could take for complete.
+//! Before the rename, files identical to those of an image on the same base layers become hard
+//! links to them (`share`).
 
 mod share;
 
