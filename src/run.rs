@@ -91,13 +91,14 @@ pub(crate) fn start(plan: &RunPlan, may_start_here: bool, state_file: &Path) -> 
 
 /// The host environment, read once per run: the job's environment starts from it (in its
 /// order); the scheduler's job and an MPI launcher show in it (by name).
-struct HostEnv {
+pub(crate) struct HostEnv {
     vars: Vec<(String, String)>,
-    by_name: HashMap<String, String>,
+    pub(crate) by_name: HashMap<String, String>,
 }
 
 impl HostEnv {
-    fn read() -> HostEnv {
+    /// Lossy where a variable is not UTF-8 (`std::env::vars` would panic on it).
+    pub(crate) fn read() -> HostEnv {
         let vars: Vec<(String, String)> = std::env::vars_os()
             .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
             .collect();
@@ -338,8 +339,7 @@ fn environment(
     overrides.extend(args.env.iter().cloned());
     let mut env =
         plan::environment(host, args.clean_env, &settings.remove_env_keys, &record.run.env, &overrides)?;
-    plan::set_default_var(&mut env, "PATH", DEFAULT_PATH.into());
-    plan::set_default_var(&mut env, "HOME", user.home.display().to_string());
+    set_path_and_home(&mut env, user);
     if mpi_rank {
         // Each rank has its own user namespace, across which the kernel refuses Open MPI's
         // default single-copy mechanism (CMA): say so up front rather than per rank.
@@ -352,7 +352,13 @@ fn environment(
 }
 
 /// PATH for a job whose image and environment set none.
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// PATH and HOME, where neither the image nor the environment set them.
+pub(crate) fn set_path_and_home(env: &mut Vec<(String, String)>, user: &User) {
+    plan::set_default_var(env, "PATH", DEFAULT_PATH.into());
+    plan::set_default_var(env, "HOME", user.home.display().to_string());
+}
 
 /// The user as the host knows them (NSS, so LDAP/SSSD users too), with fallbacks to the
 /// environment where there is no entry.

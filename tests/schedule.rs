@@ -128,3 +128,19 @@ fn tmp_can_live_in_the_schedulers_scratch_directory() {
     rig.sh(&[], "echo gone > /tmp/result").ok();
     assert_eq!(std::fs::read_to_string(scratch.join("boxrun-tmp/result")).unwrap(), "kept\n");
 }
+
+#[test]
+fn oci_run_starts_a_bundle_whatever_bytes_the_host_environment_holds() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let env = common::Env::new();
+    let bundle = common::bundle(&env, "bundle", common::test_ids());
+    let mut command = env.boxrun();
+    command.args(["oci", "run", "--bundle"]).arg(&bundle).arg("not-utf8");
+    command.env("NOT_UTF8", std::ffi::OsStr::from_bytes(b"\xff"));
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"echo $BUNDLE_VAR").unwrap();
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.ok().stdout.trim(), "from-bundle");
+}

@@ -153,39 +153,6 @@ fn jobs_run_in_their_step_cgroup_are_named_after_it_and_die_with_scancel() {
     assert_eq!(records(&env.path("run/boxrun")), Vec::<String>::new(), "a cancelled job left its record");
 }
 
-/// An OCI bundle of busybox owned by the test user, whose config.json runs as `user`
-/// (uid, gid) with the usual rootless mounts and namespaces.
-fn bundle(env: &Env, name: &str, user: (u32, u32)) -> PathBuf {
-    let rootfs = env.mkdir(&format!("{name}/rootfs"));
-    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        env.mkdir(&format!("{name}/rootfs/{dir}"));
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    common::chown(&rootfs.join("bin/busybox"));
-    for applet in ["sh", "id", "cat", "echo", "sleep", "grep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        common::chown(&rootfs.join("bin").join(applet));
-    }
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false, "user": {"uid": user.0, "gid": user.1}, "args": ["sh"],
-            "env": ["PATH=/bin", "BUNDLE_VAR=from-bundle"], "cwd": "/",
-        },
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "bundle",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
-            {"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "ro"]},
-        ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}]},
-    });
-    env.write(&format!("{name}/config.json"), &config.to_string());
-    env.path(name)
-}
-
 #[test]
 fn srun_and_sbatch_run_a_bundle_through_the_shipped_oci_conf() {
     if !slurm_installed() {
@@ -193,9 +160,9 @@ fn srun_and_sbatch_run_a_bundle_through_the_shipped_oci_conf() {
     }
     let env = Env::new();
     let (uid, gid) = common::test_ids();
-    let as_root = bundle(&env, "root-bundle", (0, 0));
-    let as_user = bundle(&env, "user-bundle", (uid, gid));
-    let stranger = bundle(&env, "stranger-bundle", (4242, 4242));
+    let as_root = common::bundle(&env, "root-bundle", (0, 0));
+    let as_user = common::bundle(&env, "user-bundle", (uid, gid));
+    let stranger = common::bundle(&env, "stranger-bundle", (4242, 4242));
     let cluster = Cluster::up();
     let container = |bundle: &Path| format!("--container={}", bundle.display());
 

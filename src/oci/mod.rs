@@ -170,12 +170,11 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
     let extra = plan::protect(&mounts, &crate::run::protected_dirs(&settings));
     mounts.extend(extra);
     let mut env = container.env;
-    let host: std::collections::HashMap<String, String> = std::env::vars().collect();
-    for (key, value) in crate::scheduler::slurm_task_env(&host, &env) {
+    let host = crate::run::HostEnv::read();
+    for (key, value) in crate::scheduler::slurm_task_env(&host.by_name, &env) {
         plan::set_default_var(&mut env, &key, value);
     }
-    plan::set_default_var(&mut env, "PATH", crate::run::DEFAULT_PATH.into());
-    plan::set_default_var(&mut env, "HOME", user.home.display().to_string());
+    crate::run::set_path_and_home(&mut env, &user);
     env.retain(|(k, _)| k != "BOXRUN_CONTAINER");
     env.push(("BOXRUN_CONTAINER".into(), id.into()));
     let mut plan = RunPlan {

@@ -294,6 +294,39 @@ impl Env {
     }
 }
 
+/// An OCI bundle of busybox owned by the test user, whose config.json runs as `user`
+/// (uid, gid) with the usual rootless mounts and namespaces.
+pub fn bundle(env: &Env, name: &str, user: (u32, u32)) -> PathBuf {
+    let rootfs = env.mkdir(&format!("{name}/rootfs"));
+    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        env.mkdir(&format!("{name}/rootfs/{dir}"));
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    chown(&rootfs.join("bin/busybox"));
+    for applet in ["sh", "id", "cat", "echo", "sleep", "grep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        chown(&rootfs.join("bin").join(applet));
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": {"uid": user.0, "gid": user.1}, "args": ["sh"],
+            "env": ["PATH=/bin", "BUNDLE_VAR=from-bundle"], "cwd": "/",
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bundle",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
+            {"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "ro"]},
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}]},
+    });
+    env.write(&format!("{name}/config.json"), &config.to_string());
+    env.path(name)
+}
+
 /// Give `path` (not what a symlink points to) to the test user.
 pub fn chown(path: &Path) {
     if is_root() {
