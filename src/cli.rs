@@ -266,7 +266,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Cli {
 
 /// `boxrun IMAGE CMD...` means `boxrun run IMAGE CMD...`: insert `run` when the first
 /// argument is neither a subcommand nor a top-level flag.
-pub fn with_implicit_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+fn with_implicit_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else { return args };
     let top_level_flags = ["-h", "--help", "-V", "--version", "--verbose"];
     // The derive's name match: building the whole command tree to ask would cost the start

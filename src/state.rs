@@ -169,9 +169,10 @@ pub fn list() -> Result<Vec<ContainerState>, StateError> {
 
 /// Send `signal` to the container `name` (its relay forwards it to the job).
 pub fn kill(name: &str, signal: Signal) -> Result<(), StateError> {
-    let state =
-        list()?.into_iter().find(|s| s.name == name).ok_or_else(|| StateError::Unknown(name.into()))?;
-    self::signal(&state, signal)
+    match lookup(name)? {
+        Some((state, true)) => self::signal(&state, signal),
+        _ => Err(StateError::Unknown(name.into())),
+    }
 }
 
 /// Send `signal` to a container's relay, which forwards it to the job (SIGKILL ends the relay,
