@@ -138,6 +138,39 @@ fn sigkill_of_boxrun_kills_every_process_of_the_container() {
 }
 
 #[test]
+fn what_the_job_leaves_running_is_gone_when_boxrun_returns() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let rig = rig();
+    for (n, options) in [&[][..], &["--pid=host"][..]].into_iter().enumerate() {
+        // The job leaves a sleep holding the write end of a FIFO whose read end the test holds:
+        // a read gives end-of-file once no writer is left, "would block" while one lives.
+        let fifo = rig.env.fifo(&format!("left{n}"));
+        let mut reader =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        let script = format!(
+            "sleep 1000 > left{n} & a=$!; until [ \"$(cat /proc/$a/comm)\" = sleep ]; do :; done; echo started"
+        );
+        // Output to a file: a pipe's reader would also wait for the container's copies of it.
+        let out = rig.env.work().join("out");
+        let status = rig
+            .env
+            .boxrun()
+            .args(options)
+            .args([&rig.tiny, "sh", "-c", &script])
+            .current_dir(rig.env.work())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .status()
+            .unwrap();
+        // No waiting: boxrun returns only once nothing of the container runs.
+        let left = reader.read(&mut [0u8; 1]);
+        assert!(status.success(), "{status:?}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "started\n");
+        assert!(matches!(left, Ok(0)), "the job's background sleep outlived boxrun {options:?}: {left:?}");
+    }
+}
+
+#[test]
 fn orphans_are_reaped_so_no_zombie_stays() {
     let rig = rig();
     // Each `( ... &)` leaves an orphan that PID 1 adopts; it exits at once and must be reaped.

@@ -8,6 +8,12 @@
 //! ```
 //! If the outer process dies (even by SIGKILL), PID 1 gets SIGKILL (parent-death signal) and
 //! the kernel kills every process of the PID namespace with it.
+//!
+//! When the job ends, PID 1 kills and reaps what the job left running, then tells the relay the
+//! job's status through a pipe before it exits: the relay returns while the kernel tears the
+//! container's mounts down, which no one needs to wait for.
+
+mod wait;
 
 use std::ffi::CString;
 use std::io::Read;
@@ -25,6 +31,7 @@ use nix::sys::signal::{
 };
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
+use wait::{Event, Waiter};
 
 use crate::EXIT_BOXRUN_FAILED;
 use crate::sandbox::plan::{RunPlan, StatsFormat};
@@ -69,18 +76,21 @@ pub fn start(plan: &RunPlan) -> ! {
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
     let (alive_read, alive_write) = pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
+    let (status_read, status_write) =
+        pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap_or_else(|e| fail(format!("pipe: {e}")));
     // ORDER: fork after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
     // SAFETY: this process is single-threaded (`start`'s precondition).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(alive_write);
+            drop(status_read);
             drop(state_dir); // the container keeps no handle on a host directory
-            pid1(plan, signals, alive_read)
+            pid1(plan, signals, alive_read, status_write)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
-            release_startup_pages();
-            let code = relay(child, signals);
+            drop(status_write);
+            let code = relay(child, signals, status_read);
             if let Some(record) = state_dir {
                 record.remove();
             }
@@ -130,9 +140,10 @@ fn forwarded(plan: &RunPlan) -> SigSet {
     set
 }
 
-/// Wait for `child`, forwarding `signals` to it; its exit status, or 128+N if a signal killed it.
-fn relay(child: Pid, signals: SigSet) -> i32 {
-    forward_until(child, signals, || match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+/// Wait for PID 1's word on the job's status, forwarding `signals` to it; if PID 1 dies without
+/// a word, its own exit status, or 128+N if a signal killed it.
+fn relay(child: Pid, signals: SigSet, status: OwnedFd) -> i32 {
+    forward_until(child, signals, Some(status), || match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::Exited(_, code)) => Some(code),
         Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
         Ok(_) | Err(Errno::EINTR) => None,
@@ -140,24 +151,34 @@ fn relay(child: Pid, signals: SigSet) -> i32 {
     })
 }
 
-/// Forward `signals` to `target` and, on each SIGCHLD, ask `reap` whether the child we wait
-/// for has ended (its status) or not yet (`None`).
-fn forward_until(target: Pid, signals: SigSet, mut reap: impl FnMut() -> Option<i32>) -> i32 {
+/// Forward `signals` to `target` until a `status` arrives or, on a SIGCHLD, `reap` says the
+/// child we wait for has ended (its status; `None`: not yet).
+fn forward_until(
+    target: Pid,
+    signals: SigSet,
+    status: Option<OwnedFd>,
+    mut reap: impl FnMut() -> Option<i32>,
+) -> i32 {
     let mut waited = signals;
     waited.add(Signal::SIGCHLD);
+    let mut waiter = Waiter::new(&waited, status);
     loop {
-        let signal = waited.wait().unwrap_or_else(|e| fail(format!("sigwait: {e}")));
-        if signal != Signal::SIGCHLD {
+        match waiter.next() {
+            Event::Status(Some(code)) => return i32::from(code),
+            Event::Status(None) => {} // PID 1 died without a word: its SIGCHLD follows
+            Event::Signal(Signal::SIGCHLD) => {
+                if let Some(code) = reap() {
+                    return code;
+                }
+            }
             // The target may be gone already; its SIGCHLD is then pending.
-            let _ = kill(target, signal);
-        } else if let Some(code) = reap() {
-            return code;
+            Event::Signal(signal) => drop(kill(target, signal)),
         }
     }
 }
 
 /// PID 1 of the container: build it, start the job, forward, reap, exit with the job's status.
-fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
+fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd, status: OwnedFd) -> ! {
     // ORDER: the parent-death signal before anything else, then the check that the parent
     // did not die before it was set (its end of the pipe would be closed).
     prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail(format!("prctl(PR_SET_PDEATHSIG): {e}")));
@@ -196,14 +217,17 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd) -> ! {
     lockdown::apply(&keep, &plan.seccomp).unwrap_or_else(|e| fail(e));
     let start = Instant::now();
     let job = start_job(plan);
-    release_startup_pages();
     let code = supervise(job, signals);
     if plan.namespaces.host_pid {
         kill_leftovers();
+    } else {
+        kill_namespace();
     }
     if let Some(format) = plan.stats {
         print_stats(format, start, code);
     }
+    // ORDER: after the kills: when the relay returns, nothing of the container runs any more.
+    let _ = nix::unistd::write(&status, &[u8::try_from(code).unwrap_or(u8::MAX)]);
     std::process::exit(code)
 }
 
@@ -251,7 +275,7 @@ fn release_startup_pages() {
 /// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
 /// itself exits; the kernel kills what is left when PID 1 exits.
 fn supervise(job: Pid, signals: SigSet) -> i32 {
-    forward_until(job, signals, || {
+    forward_until(job, signals, None, || {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == job => return Some(code),
@@ -262,6 +286,18 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
             }
         }
     })
+}
+
+/// SIGKILL every other process of the container's PID namespace (what the job left running)
+/// and reap them all, as the kernel would when PID 1 exits, but before the relay is told.
+fn kill_namespace() {
+    // In a PID namespace, kill(-1) from its PID 1 reaches every process of it but PID 1.
+    if kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
+        return; // ESRCH: nothing left
+    }
+    // Orphans of the killed re-parent to PID 1 before their parent can be reaped: no child
+    // left (ECHILD) means no process left.
+    while matches!(waitpid(None::<Pid>, None), Ok(_) | Err(Errno::EINTR)) {}
 }
 
 /// With no PID namespace whose end kills them, SIGKILL what the job left running: our
