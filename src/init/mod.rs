@@ -200,7 +200,7 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd, status: OwnedFd)
         crate::sandbox::net::loopback_up().unwrap_or_else(|e| fail(e));
     }
     // A PID 1 receives a signal from an ancestor namespace only if it has a handler for it
-    // (pid_namespaces(7)): install no-op ones; the signals stay blocked for sigwait.
+    // (pid_namespaces(7)): install no-op ones; the signals stay blocked and queue for the signalfd.
     for signal in signals.iter() {
         let action = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
         // SAFETY: `noop` is async-signal-safe (it does nothing).
