@@ -1,6 +1,6 @@
 //! Compile seccomp/default.profile to BPF for the target architecture, so that starting a job
 //! parses nothing: two programs (the default, and one allowing nested user namespaces), each
-//! a list of filters, written as raw `sock_filter` bytes to OUT_DIR.
+//! one filter, written as raw `sock_filter` bytes to OUT_DIR.
 
 #![allow(clippy::disallowed_methods)] // a build script panics with its own context
 

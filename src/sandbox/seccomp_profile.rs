@@ -118,31 +118,51 @@ pub fn to_json(rules: &[Rule], arch: &str, nested: bool) -> String {
 /// x86_64's, so only the number tells them apart (seccomp(2), "Caveats").
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-/// Compile `rules` for `arch` to raw BPF: the filters one after the other, each preceded by
-/// its length (u32, native endian), each instruction 8 bytes (`struct sock_filter`).
+/// Compile `rules` for `arch` to raw BPF: one program, preceded by its length (u32, native
+/// endian), each instruction 8 bytes (`struct sock_filter`).
 pub fn compile(rules: &[Rule], arch: &str, nested: bool) -> Result<Vec<u8>, String> {
     let target: seccompiler::TargetArch = arch.try_into().map_err(|e| format!("{e:?}"))?;
     let json = to_json(rules, arch, nested);
     let filters = seccompiler::compile_from_json(json.as_bytes(), target).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    for errno in [Errno::Eperm, Errno::Enosys] {
-        let mut program = filters[&errno.value().to_string()].clone();
-        if arch == "x86_64" {
-            refuse_x32(&mut program);
-        }
-        bytes.extend((program.len() as u32).to_ne_bytes());
-        for insn in program {
-            bytes.extend(insn.code.to_ne_bytes());
-            bytes.extend([insn.jt, insn.jf]);
-            bytes.extend(insn.k.to_ne_bytes());
-        }
+    let filter = |errno: Errno| filters[&errno.value().to_string()].clone();
+    let mut program = chain(filter(Errno::Enosys), filter(Errno::Eperm));
+    if arch == "x86_64" {
+        refuse_x32(&mut program);
+    }
+    let mut bytes = Vec::with_capacity(4 + program.len() * 8);
+    bytes.extend((program.len() as u32).to_ne_bytes());
+    for insn in program {
+        bytes.extend(insn.code.to_ne_bytes());
+        bytes.extend([insn.jt, insn.jf]);
+        bytes.extend(insn.k.to_ne_bytes());
     }
     Ok(bytes)
 }
 
+/// One program that does what loading `first` then `second` would, but loads once and runs
+/// once per syscall (the kernel JITs every filter at load and runs every filter on every
+/// syscall). Each "allow" of `first` becomes a jump to `second`'s start: a syscall `first`
+/// denies gets `first`'s errno, which is also what the stack gives when both deny it (the
+/// later-loaded filter's errno wins among equals, seccomp(2)); the rest is `second`'s to judge.
+/// Replacing one instruction by one moves nothing, so `first`'s own jumps stay right.
+fn chain(mut first: seccompiler::BpfProgram, second: seccompiler::BpfProgram) -> seccompiler::BpfProgram {
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const JA: u16 = 0x05; // BPF_JMP | BPF_JA: pc += 1 + k
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let len = first.len();
+    for (at, insn) in first.iter_mut().enumerate() {
+        if insn.code == RET_K && insn.k == SECCOMP_RET_ALLOW {
+            *insn = seccompiler::sock_filter { code: JA, jt: 0, jf: 0, k: (len - at - 1) as u32 };
+        }
+    }
+    first.extend(second);
+    first
+}
+
 /// Insert, right after seccompiler's architecture check (3 instructions), a refusal of every
 /// x32 syscall number: a deny-list filter would otherwise let the x32 twin of a denied call
-/// through. Jumps in BPF are relative and forward, so nothing after the insertion moves.
+/// through. Jumps in BPF are relative and forward: the check's own jump lands on the guard,
+/// and every jump after it moves with its target.
 fn refuse_x32(program: &mut Vec<seccompiler::sock_filter>) {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
