@@ -19,6 +19,59 @@ SECTIONS = [
 ]
 
 
+def median_of(results, prefix):
+    """The median of the first command named `prefix`..., or None if that peer was skipped."""
+    return next((r["median"] for r in results if r["command"].startswith(prefix)), None)
+
+
+def checks(key, results):
+    """The issue's targets for one section: (what, measured ratio, limit); None where a peer is missing."""
+    box = results[0]["median"]
+    ratio = lambda other: None if other is None else box / other
+    if key == "start":
+        return [("boxrun / ch-run", ratio(median_of(results, "ch-run")), 1.0),
+                ("boxrun / floor", ratio(median_of(results, "floor")), 1.25)]
+    if key.startswith("cold-"):
+        peers = [r["median"] for r in results[1:] if not r["command"].startswith("machine limit")]
+        found = [("boxrun / fastest peer", ratio(min(peers)) if peers else None,
+                  0.5 if key == "cold-debian" else 0.6)]
+        if key == "cold-big":
+            found.append(("boxrun / machine limit", ratio(median_of(results, "machine limit")), 1.2))
+        return found
+    if key == "warm-pull":
+        return [("boxrun / skopeo", ratio(median_of(results, "skopeo")), 0.5)]
+    if key == "concurrent":
+        one, many = median_of(results, "boxrun: 1 "), median_of(results, "boxrun: 64 ")
+        return [("64 at once / one", many / one if one and many else None, 1.3)]
+    return []
+
+
+def verdict(found):
+    parts = []
+    for what, value, limit in found:
+        if value is None:
+            parts.append("%s: not measured (peer skipped)" % what)
+        elif value <= limit:
+            parts.append("%s %.2f× (≤ %.2f×): met" % (what, value, limit))
+        else:
+            parts.append("%s %.2f× (≤ %.2f×): **missed by %.0f%%**" % (what, value, limit, 100 * (value / limit - 1)))
+    return "Target: " + "; ".join(parts) + "."
+
+
+def cpu_verdict(results):
+    """Inside vs bare: how much slower inside, against bare's own stddev (faster is never a miss)."""
+    parts = []
+    for job in ("sha256sum", "python loop"):
+        bare = next((r for r in results if r["command"].startswith("bare: " + job)), None)
+        inside = median_of(results, "boxrun: " + job)
+        if bare is None or inside is None:
+            continue
+        diff, spread = inside - bare["median"], bare["stddev"] or 0
+        state = "met" if diff <= spread else "**missed by %s**" % fmt(diff - spread)
+        parts.append("%s inside − bare %+.1f ms (bare's stddev %s): %s" % (job, diff * 1000, fmt(spread), state))
+    return "Target: " + "; ".join(parts) + "."
+
+
 def fmt(seconds):
     return "%.1f ms" % (seconds * 1000) if seconds < 1 else "%.2f s" % seconds
 
@@ -39,14 +92,20 @@ def main(json_dir, rss30, rss300, running, cores):
         for r in results:
             out.append("| %s | %s | %s | %s | %.2f× |" % (r["command"], fmt(r["median"]), fmt(r["min"]),
                                                       fmt(r["stddev"] or 0), r["median"] / base))
-        out.append("")
+        out += ["", cpu_verdict(results) if key == "cpu" else verdict(checks(key, results)), ""]
     rss30, rss300, running = int(rss30), int(rss300), int(running)
     out += ["## Memory (targets: pull flat in the layer size and < 64 MB; outer + init < 4 MB)", "",
             "| what | RSS |", "|---|---:|",
             "| peak RSS of `boxrun pull`, one 30 MB layer | %.1f MB |" % (rss30 / 1024),
             "| peak RSS of `boxrun pull`, one 300 MB layer | %.1f MB (%.2f× the 30 MB pull) |"
             % (rss300 / 1024, rss300 / max(rss30, 1)),
-            "| boxrun's own processes (outer + init) while a job runs | %.1f MB |" % (running / 1024), ""]
+            "| boxrun's own processes (outer + init) while a job runs | %.1f MB |" % (running / 1024), "",
+            "Target: " + "; ".join([
+                "pull %.2f× from 30 to 300 MB (≤ 1.10×): %s" % (rss300 / max(rss30, 1),
+                                                             "met" if rss300 <= 1.1 * rss30 else "**missed**"),
+                "pull %.1f MB (< 64 MB): %s" % (rss300 / 1024, "met" if rss300 < 64 * 1024 else "**missed**"),
+                "outer + init %.1f MB (< 4 MB): %s" % (running / 1024, "met" if running < 4096 else "**missed**"),
+            ]) + ".", ""]
     sharing = os.path.join(json_dir, "sharing.json")
     if os.path.exists(sharing):
         s = {k: v / 1e6 for k, v in json.load(open(sharing)).items()}
