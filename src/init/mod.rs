@@ -292,7 +292,8 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
 /// and reap them all, as the kernel would when PID 1 exits, but before the relay is told.
 fn kill_namespace() {
     // In a PID namespace, kill(-1) from its PID 1 reaches every process of it but PID 1.
-    if kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
+    // Anywhere else it would reach every process of the user: only ever from PID 1.
+    if std::process::id() != 1 || kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
         return; // ESRCH: nothing left
     }
     // Orphans of the killed re-parent to PID 1 before their parent can be reaped: no child
