@@ -1,4 +1,4 @@
-//! Loading the seccomp filters: the default profile, compiled to BPF by build.rs, or a site's
+//! Loading the seccomp filter: the default profile, compiled to BPF by build.rs, or a site's
 //! or user's profile file (`--seccomp FILE`, config `seccomp`), compiled by the outer boxrun
 //! before any namespace exists, so a bad file is an error before the job starts.
 
@@ -11,14 +11,14 @@ use super::seccomp_profile;
 static DEFAULT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp-default.bpf"));
 static NESTED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp-nested.bpf"));
 
-/// Which filters a job gets.
+/// Which filter a job gets.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Seccomp {
     /// seccomp/default.profile, built in.
     Default,
     /// The default profile without its `unless-nested` rules (`--allow-nested`).
     Nested,
-    /// A profile file, compiled by the outer boxrun (raw filters as build.rs writes them).
+    /// A profile file, compiled by the outer boxrun (a raw program as build.rs writes it).
     Compiled(Vec<u8>),
     /// No filter at all: only where the site allows it.
     Unconfined,
@@ -33,7 +33,7 @@ pub fn compile_file(path: &Path, nested: bool) -> Result<Seccomp, String> {
     Ok(Seccomp::Compiled(bytes))
 }
 
-/// Install the filters in this process (inherited by its children and kept across exec).
+/// Install the filter in this process (inherited by its children and kept across exec).
 /// Needs no_new_privs set first (seccomp(2): an unprivileged caller must have it).
 pub fn load(choice: &Seccomp) -> Result<(), String> {
     let bytes = match choice {
@@ -48,33 +48,25 @@ pub fn load(choice: &Seccomp) -> Result<(), String> {
             std::env::consts::ARCH
         ));
     }
-    for program in programs(bytes)? {
-        seccompiler::apply_filter(&program).map_err(|e| format!("cannot load the seccomp filter: {e}"))?;
-    }
-    Ok(())
+    seccompiler::apply_filter(&program(bytes)?).map_err(|e| format!("cannot load the seccomp filter: {e}"))
 }
 
-/// Split build.rs's format: per filter a u32 length, then that many 8-byte instructions.
-fn programs(mut bytes: &[u8]) -> Result<Vec<seccompiler::BpfProgram>, String> {
+/// Read build.rs's format: a u32 length, then exactly that many 8-byte instructions.
+fn program(bytes: &[u8]) -> Result<seccompiler::BpfProgram, String> {
     let corrupt = || "the compiled seccomp filter is corrupt".to_string();
-    let mut programs = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
-        let len = u32::from_ne_bytes(*len) as usize;
-        let body = rest.get(..len * 8).ok_or_else(corrupt)?;
-        let program = body
-            .chunks_exact(8)
-            .map(|i| seccompiler::sock_filter {
-                code: u16::from_ne_bytes([i[0], i[1]]),
-                jt: i[2],
-                jf: i[3],
-                k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
-            })
-            .collect();
-        programs.push(program);
-        bytes = &rest[len * 8..];
+    let (len, body) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    if body.len() != u32::from_ne_bytes(*len) as usize * 8 {
+        return Err(corrupt());
     }
-    Ok(programs)
+    Ok(body
+        .chunks_exact(8)
+        .map(|i| seccompiler::sock_filter {
+            code: u16::from_ne_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -82,13 +74,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_built_in_filters_are_one_program_each() {
+    fn the_built_in_filters_are_whole_programs() {
         for bytes in [DEFAULT, NESTED] {
-            let programs = programs(bytes).unwrap();
-            assert_eq!(programs.len(), 1);
-            assert!(programs[0].len() > 4);
+            assert!(program(bytes).unwrap().len() > 4);
         }
-        assert!(programs(&DEFAULT[..DEFAULT.len() - 1]).is_err());
+        assert!(program(&DEFAULT[..DEFAULT.len() - 1]).is_err());
     }
 
     #[test]
@@ -100,7 +90,7 @@ mod tests {
             for nested in [false, true] {
                 let bytes =
                     seccomp_profile::compile(&rules, arch, nested).unwrap_or_else(|e| panic!("{arch}: {e}"));
-                assert_eq!(programs(&bytes).unwrap().len(), 1, "{arch}");
+                assert!(program(&bytes).unwrap().len() > 4, "{arch}");
             }
         }
     }

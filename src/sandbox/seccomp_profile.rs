@@ -118,8 +118,17 @@ pub fn to_json(rules: &[Rule], arch: &str, nested: bool) -> String {
 /// x86_64's, so only the number tells them apart (seccomp(2), "Caveats").
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-/// Compile `rules` for `arch` to raw BPF: one program, preceded by its length (u32, native
-/// endian), each instruction 8 bytes (`struct sock_filter`).
+/// The classic-BPF instructions and seccomp return values the rewrites below use
+/// (linux/filter.h, linux/seccomp.h).
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JA: u16 = 0x05; // BPF_JMP | BPF_JA: pc += 1 + k
+const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+/// Compile `rules` for `arch` to one raw BPF program: its length (u32), then its instructions,
+/// 8 bytes each (`struct sock_filter`), all native endian.
 pub fn compile(rules: &[Rule], arch: &str, nested: bool) -> Result<Vec<u8>, String> {
     let target: seccompiler::TargetArch = arch.try_into().map_err(|e| format!("{e:?}"))?;
     let json = to_json(rules, arch, nested);
@@ -146,9 +155,6 @@ pub fn compile(rules: &[Rule], arch: &str, nested: bool) -> Result<Vec<u8>, Stri
 /// later-loaded filter's errno wins among equals, seccomp(2)); the rest is `second`'s to judge.
 /// Replacing one instruction by one moves nothing, so `first`'s own jumps stay right.
 fn chain(mut first: seccompiler::BpfProgram, second: seccompiler::BpfProgram) -> seccompiler::BpfProgram {
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const JA: u16 = 0x05; // BPF_JMP | BPF_JA: pc += 1 + k
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
     let len = first.len();
     for (at, insn) in first.iter_mut().enumerate() {
         if insn.code == RET_K && insn.k == SECCOMP_RET_ALLOW {
@@ -164,10 +170,6 @@ fn chain(mut first: seccompiler::BpfProgram, second: seccompiler::BpfProgram) ->
 /// through. Jumps in BPF are relative and forward: the check's own jump lands on the guard,
 /// and every jump after it moves with its target.
 fn refuse_x32(program: &mut Vec<seccompiler::sock_filter>) {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
     let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
     let guard = [
         insn(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
