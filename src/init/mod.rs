@@ -273,7 +273,7 @@ fn release_startup_pages() {
 }
 
 /// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
-/// itself exits; the kernel kills what is left when PID 1 exits.
+/// itself exits; what is left, `kill_namespace` or `kill_leftovers` ends.
 fn supervise(job: Pid, signals: SigSet) -> i32 {
     forward_until(job, signals, None, || {
         loop {

@@ -82,6 +82,7 @@ impl Waiter {
         let signals = PollFd::new(self.signals.as_fd(), PollFlags::POLLIN);
         let mut fds = match &self.status {
             Some(status) => [signals, PollFd::new(status.as_fd(), PollFlags::POLLIN)],
+            // No status pipe: an entry that waits for no event keeps the array's size.
             None => [signals, PollFd::new(self.signals.as_fd(), PollFlags::empty())],
         };
         if let Some(at) = self.release_at {
