@@ -293,7 +293,16 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
 fn kill_namespace() {
     // In a PID namespace, kill(-1) from its PID 1 reaches every process of it but PID 1.
     // Anywhere else it would reach every process of the user: only ever from PID 1.
-    if std::process::id() != 1 || kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
+    if std::process::id() != 1 {
+        return;
+    }
+    // Every other process of the namespace descends from PID 1 (orphans re-parent to it), so
+    // no child left means no process left. Checking costs one syscall; kill(-1) walks every
+    // task of the node, 50 µs at each job's end.
+    if waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) == Err(Errno::ECHILD) {
+        return;
+    }
+    if kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
         return; // ESRCH: nothing left
     }
     // Orphans of the killed re-parent to PID 1 before their parent can be reaped: no child
