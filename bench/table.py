@@ -2,11 +2,17 @@
 """bench/compare's table: medians, minima and ratios to boxrun, with the issue's targets.
 
 Usage: table.py JSON_DIR RSS30_KB RSS300_KB RUNNING_KB CORES  (hyperfine exports in JSON_DIR)
+
+A section is SECTION.json (one series) or SECTION.r1.json, SECTION.r2.json... (rounds of it).
+The table pools every round's runs; each verdict is the median of the rounds' own ratios.
 """
 
 import datetime
+import glob
 import json
 import os
+import re
+import statistics
 import sys
 
 SECTIONS = [
@@ -46,29 +52,63 @@ def checks(key, results):
     return []
 
 
-def verdict(found):
+def load(json_dir, key):
+    """The rounds of a section (each a list of hyperfine results); [] if it did not run."""
+    single = os.path.join(json_dir, key + ".json")
+    if os.path.exists(single):
+        paths = [single]
+    else:
+        number = lambda path: int(re.search(r"\.r(\d+)\.json$", path).group(1))
+        paths = sorted(glob.glob(os.path.join(json_dir, key + ".r*.json")), key=number)
+    return [json.load(open(path))["results"] for path in paths]
+
+
+def pooled(rounds):
+    """One result per command over every round's runs: their median, min and stddev."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        times = [t for results in rounds for t in results[i]["times"]]
+        stddev = statistics.stdev(times) if len(times) > 1 else 0
+        out.append({"command": first["command"], "median": statistics.median(times), "min": min(times),
+                    "stddev": stddev})
+    return out
+
+
+def of_rounds(values):
+    """The median of the rounds' values, and the list of them when there are several."""
+    shown = "" if len(values) == 1 else ", median of %d rounds: %s" % (
+        len(values), " ".join("%.2f" % v for v in values))
+    return statistics.median(values), shown
+
+
+def verdict(key, rounds):
+    per_round = [checks(key, results) for results in rounds]
     parts = []
-    for what, value, limit in found:
-        if value is None:
+    for i, (what, _, limit) in enumerate(per_round[0]):
+        values = [found[i][1] for found in per_round]
+        if None in values:
             parts.append("%s: not measured (peer skipped)" % what)
-        elif value <= limit:
-            parts.append("%s %.2f× (≤ %.2f×): met" % (what, value, limit))
-        else:
-            parts.append("%s %.2f× (≤ %.2f×): **missed by %.0f%%**" % (what, value, limit, 100 * (value / limit - 1)))
+            continue
+        value, shown = of_rounds(values)
+        state = "met" if value <= limit else "**missed by %.0f%%**" % (100 * (value / limit - 1))
+        parts.append("%s %.2f× (≤ %.2f×%s): %s" % (what, value, limit, shown, state))
     return "Target: " + "; ".join(parts) + "."
 
 
-def cpu_verdict(results):
-    """Inside vs bare: how much slower inside, against bare's own stddev (faster is never a miss)."""
+def cpu_verdict(rounds):
+    """Inside vs bare: how much slower inside (the median of the rounds' differences), against
+    bare's stddev over all its runs (faster is never a miss)."""
     parts = []
     for job in ("sha256sum", "python loop"):
-        bare = next((r for r in results if r["command"].startswith("bare: " + job)), None)
-        inside = median_of(results, "boxrun: " + job)
-        if bare is None or inside is None:
+        bare = [median_of(results, "bare: " + job) for results in rounds]
+        inside = [median_of(results, "boxrun: " + job) for results in rounds]
+        if None in bare or None in inside:
             continue
-        diff, spread = inside - bare["median"], bare["stddev"] or 0
+        spread = next(r["stddev"] for r in pooled(rounds) if r["command"].startswith("bare: " + job))
+        diff = statistics.median(i - b for i, b in zip(inside, bare))
         state = "met" if diff <= spread else "**missed by %s**" % fmt(diff - spread)
-        parts.append("%s inside − bare %+.1f ms (bare's stddev %s): %s" % (job, diff * 1000, fmt(spread), state))
+        parts.append("%s inside − bare %+.1f ms (bare's stddev %s%s): %s" % (
+            job, diff * 1000, fmt(spread), "" if len(rounds) == 1 else ", %d rounds" % len(rounds), state))
     return "Target: " + "; ".join(parts) + "."
 
 
@@ -79,20 +119,21 @@ def fmt(seconds):
 def main(json_dir, rss30, rss300, running, cores):
     out = ["# boxrun and its peers, side by side",
            "",
-           "`bench/compare` on %s cores, %s. Medians (min) of one run; ratio = median / boxrun's."
+           "`bench/compare` on %s cores, %s. Medians (min) of all runs; ratio = median / boxrun's. "
+           "Sections run in rounds judge by the median of the rounds' own ratios."
            % (cores, datetime.date.today().isoformat()), ""]
     for key, title, target in SECTIONS:
-        path = os.path.join(json_dir, key + ".json")
-        if not os.path.exists(path):
+        rounds = load(json_dir, key)
+        if not rounds:
             continue
-        results = json.load(open(path))["results"]
+        results = pooled(rounds)
         base = results[0]["median"]
         out += ["## %s (target: %s)" % (title, target), "",
                 "| command | median | min | stddev | ratio |", "|---|---:|---:|---:|---:|"]
         for r in results:
             out.append("| %s | %s | %s | %s | %.2f× |" % (r["command"], fmt(r["median"]), fmt(r["min"]),
                                                       fmt(r["stddev"] or 0), r["median"] / base))
-        out += ["", cpu_verdict(results) if key == "cpu" else verdict(checks(key, results)), ""]
+        out += ["", cpu_verdict(rounds) if key == "cpu" else verdict(key, rounds), ""]
     rss30, rss300, running = int(rss30), int(rss300), int(running)
     out += ["## Memory (targets: pull flat in the layer size and < 64 MB; outer + init < 4 MB)", "",
             "| what | RSS |", "|---|---:|",
