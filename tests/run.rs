@@ -421,3 +421,22 @@ fn sixteen_jobs_starting_on_an_uncached_image_ask_the_registry_once_and_build_on
     // The layout's blobs are the manifest, the config and the layers: each fetched once.
     assert_eq!(proxy.blob_gets(None), blobs - 1, "blobs fetched more than once");
 }
+
+#[test]
+fn mount_points_follow_the_images_symlinks_and_leave_its_directories_as_they_are() {
+    let (_registry, env, layered) = common::pulled("layered");
+    let data = env.mkdir("data");
+    env.write("data/marker", "from the host\n");
+    let data = data.to_str().unwrap();
+    // In the image, var/run is a symlink to /run, and every directory has the image's one
+    // mtime, as /usr (no mount point under it) shows.
+    let script = "busybox readlink /var/run && cat /run/bound/marker /var/run/pidfile /srv/ro/sub/marker \
+                  && stat -c %Y /srv/ro /srv /usr && touch /srv/ro/new";
+    let binds = [format!("{data}:/var/run/bound"), format!("{data}:/srv/ro/sub")];
+    let run = env.run_in_work(&["-v", &binds[0], "-v", &binds[1], &layered, "sh", "-c", script], None);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "stdout: {}stderr: {}", run.stdout, run.stderr);
+    assert_eq!(lines[..4], ["/run", "from the host", "42", "from the host"], "{}", run.stderr);
+    assert_eq!(lines[4..], [lines[6]; 3], "/srv/ro and /srv do not have the image's mtime");
+    run.fails_with(1, "Read-only file system");
+}

@@ -1,5 +1,5 @@
 //! The sandbox: a plan made on the host side ([`plan`]), then namespaces ([`ns`]), the
-//! container's file system ([`mount`]) and the lock-down ([`lockdown`]), applied by the
+//! container's file system ([`mount`], over the image's [`top`] layer) and the lock-down ([`lockdown`]), applied by the
 //! single-threaded init (`crate::init`).
 
 pub mod lockdown;
@@ -10,3 +10,4 @@ pub mod plan;
 pub mod report;
 pub mod seccomp;
 pub mod seccomp_profile;
+pub mod top;

@@ -1,9 +1,10 @@
 //! Build the container's file system from the plan's [`MountOp`]s, then `pivot_root` into it.
 //!
-//! The image is the lower layer of an overlayfs whose upper is a private tmpfs: mount points for
-//! binds can be made in it without touching the shared rootfs, and the whole root is remounted
-//! read-only afterwards unless `--writable-tmpfs` (then writes go to the tmpfs and vanish at
-//! exit). Every target inside the new root is resolved with `RESOLVE_IN_ROOT` and mounted on
+//! The image is the lower layer of an overlayfs, under a top layer in a private tmpfs that holds
+//! the mount points and generated files the image lacks ([`super::top`]): the shared rootfs is
+//! never touched, and the overlay, with no upper layer, is read-only. With `--writable-tmpfs`
+//! the overlay has an upper layer in the tmpfs instead, where the mount points are made and the
+//! job's writes go (and vanish at exit). Every target inside the new root is resolved with `RESOLVE_IN_ROOT` and mounted on
 //! through `/proc/self/fd/N`, so an image's symlinks cannot point a mount at the host.
 
 use std::io;
@@ -67,9 +68,11 @@ pub fn build(plan: &RunPlan) -> Result<(), MountError> {
     // ORDER: first make every mount private, so nothing below propagates to the host.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| error("make private the mounts of", Path::new("/"), e))?;
-    let new_root = NewRoot::mount_image(plan)?;
-    for op in &plan.mounts {
-        new_root.apply(op)?;
+    let (new_root, done) = NewRoot::mount_image(plan)?;
+    for (op, done) in plan.mounts.iter().zip(done) {
+        if !done {
+            new_root.apply(op)?;
+        }
     }
     // ORDER: read-only only after every mount point was created in the overlay.
     let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -82,9 +85,10 @@ pub fn build(plan: &RunPlan) -> Result<(), MountError> {
 }
 
 impl NewRoot {
-    /// A private tmpfs on the scratch directory, holding the overlay's upper and work
-    /// directories and the mounted image at `root/`.
-    fn mount_image(plan: &RunPlan) -> Result<NewRoot, MountError> {
+    /// A private tmpfs on the scratch directory, holding the overlay's top layer (read-only
+    /// root) or upper and work directories (`--writable-tmpfs`), and the mounted image at
+    /// `root/`. Returns, for each op of the plan, whether the top layer already did it.
+    fn mount_image(plan: &RunPlan) -> Result<(NewRoot, Vec<bool>), MountError> {
         let scratch = &plan.scratch;
         mount(
             Some("boxrun"),
@@ -94,16 +98,27 @@ impl NewRoot {
             Some("mode=0755"),
         )
         .map_err(|e| error("mount a tmpfs on", scratch, e))?;
-        for dir in ["upper", "work", "root"] {
+        let layers: &[&str] = if plan.writable { &["upper", "work"] } else { &["top"] };
+        for dir in layers.iter().chain(&["root"]) {
             fs_err::create_dir(scratch.join(dir)).map_err(|e| error("create", &scratch.join(dir), e))?;
         }
         let path = scratch.join("root");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            plan.rootfs.display(),
-            scratch.join("upper").display(),
-            scratch.join("work").display()
-        );
+        let (options, done) = if plan.writable {
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                layer_path(&plan.rootfs),
+                layer_path(&scratch.join("upper")),
+                layer_path(&scratch.join("work"))
+            );
+            (options, vec![false; plan.mounts.len()])
+        } else {
+            let top = scratch.join("top");
+            let image = Root::open(&plan.rootfs).map_err(|e| error("open", &plan.rootfs, e))?;
+            let top_root = Root::open(&top).map_err(|e| error("open", &top, e))?;
+            let done = super::top::prepare(&plan.mounts, &image, &top_root)
+                .map_err(|e| error("prepare the mount points in", &top, e))?;
+            (format!("lowerdir={}:{}", layer_path(&top), layer_path(&plan.rootfs)), done)
+        };
         // userxattr: the overlay keeps its own metadata in user.* xattrs, which an
         // unprivileged mount may write; kernels before 5.11 lack it and get the plain options.
         let overlay =
@@ -118,7 +133,7 @@ impl NewRoot {
         mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)
             .map_err(|e| error("make unbindable", scratch, e))?;
         let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
-        Ok(NewRoot { root, path })
+        Ok((NewRoot { root, path }, done))
     }
 
     fn apply(&self, op: &MountOp) -> Result<(), MountError> {
@@ -307,6 +322,19 @@ fn nvidia_devices() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A path in overlayfs's options, where `,` separates options and `:` layers: both, and the
+/// backslash that escapes them, are escaped (a cache under `/scratch/a,b` still mounts).
+fn layer_path(path: &Path) -> String {
+    let mut escaped = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// An absolute container path as a path relative to the new root.
