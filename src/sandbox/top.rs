@@ -11,16 +11,17 @@
 //! the plan (a bind below the private /tmp) is left for [`super::mount`] to make in that mount;
 //! so is one the image has with the wrong type, which then fails as it always did.
 
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::{SFlag, fstat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{Mode, SFlag, fstat};
 
 use super::plan::MountOp;
 use crate::unpack::entry::ImagePath;
@@ -36,10 +37,9 @@ enum Target<'a> {
 /// Lay out in `top` what `ops` need that `image` lacks; returns, for each op, whether it is
 /// done (a generated file written here; the mounts are all still to be made).
 pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool>> {
-    let image_root = real_path(image.fd())?;
     // The root is the top layer's own directory, and the overlay shows its mode and mtime.
     let made = BTreeSet::from([PathBuf::new()]);
-    let mut layer = Layer { image, image_root, top, made };
+    let mut layer = Layer { image, image_root: OnceCell::new(), top, made };
     let mut mounted: Vec<PathBuf> = Vec::new();
     let mut done = Vec::with_capacity(ops.len());
     for op in ops {
@@ -47,21 +47,17 @@ pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool
             done.push(false);
             continue;
         };
-        let landed = match target {
-            Target::Dir(dst) => layer.land(dst),
-            Target::File(dst) | Target::Contents(dst, _) => layer.land_file(dst),
-        };
         // A path the image cannot resolve (a file where a directory should be, a symlink
         // loop) is left to the mount, which reports it.
-        let Ok(landed) = landed else {
+        let Ok(landing) = layer.land(&target) else {
             done.push(false);
             continue;
         };
-        let under_mount = mounted.iter().any(|m| landed.starts_with(m));
+        let under_mount = mounted.iter().any(|m| landing.path.starts_with(m));
         if !matches!(target, Target::Contents(..)) {
-            mounted.push(landed.clone());
+            mounted.push(landing.path.clone());
         }
-        done.push(!under_mount && layer.make(&target, &landed)?);
+        done.push(!under_mount && layer.make(&target, &landing)?);
     }
     layer.finish_dirs()?;
     Ok(done)
@@ -86,20 +82,51 @@ fn target(op: &MountOp) -> Option<Target<'_>> {
 
 struct Layer<'a> {
     image: &'a Root,
-    /// The image's root as the kernel names it (symlinks in the cache's path resolved).
-    image_root: PathBuf,
+    /// The image's root as the kernel names it (symlinks in the cache's path resolved), for
+    /// the paths that pass through the image's own symlinks.
+    image_root: OnceCell<PathBuf>,
     top: &'a Root,
     /// The directories made in the top layer, relative to the root.
     made: BTreeSet<PathBuf>,
 }
 
+/// Where a target lands in the image, relative to its root.
+struct Landing {
+    path: PathBuf,
+    /// What the image has there: its type, None if nothing. A directory target's final
+    /// symlink is followed; a file target's is not (a file mount point replaces a symlink, as
+    /// [`Root::mountpoint_file`] does).
+    existing: Option<SFlag>,
+}
+
 impl Layer<'_> {
-    /// Where directory `path` (absolute in the container) lands in the image: its longest
-    /// prefix the image has, every symlink in it resolved inside the image, then the rest.
-    fn land(&self, path: &Path) -> io::Result<PathBuf> {
+    fn land(&self, target: &Target) -> io::Result<Landing> {
+        let path = match target {
+            Target::Dir(path) | Target::File(path) | Target::Contents(path, _) => path,
+        };
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
         let path = path.strip_prefix("/").unwrap_or(path);
-        if let Some(found) = self.resolve(path)? {
-            return Ok(found);
+        if let Target::Dir(_) = target {
+            let (path, fd) = self.land_dir(path)?;
+            let existing = fd.map(|fd| fstat(&fd).map(|stat| file_type(stat.st_mode))).transpose()?;
+            return Ok(Landing { path, existing });
+        }
+        let (parent, fd) = self.land_dir(path.parent().unwrap_or(Path::new("")))?;
+        let name = path.file_name().unwrap_or(OsStr::new(""));
+        let existing = match fd {
+            Some(fd) => Root::lstat(&fd, name)?.map(|stat| file_type(stat.st_mode)),
+            None => None,
+        };
+        Ok(Landing { path: parent.join(name), existing })
+    }
+
+    /// Where `path` lands in the image: its longest prefix the image has, every symlink in
+    /// it resolved inside the image, then the rest; and the image's file there, if any.
+    fn land_dir(&self, path: &Path) -> io::Result<(PathBuf, Option<OwnedFd>)> {
+        if let Some((found, fd)) = self.resolve(path)? {
+            return Ok((found, Some(fd)));
         }
         let mut found = PathBuf::new();
         let mut prefix = PathBuf::new();
@@ -107,7 +134,7 @@ impl Layer<'_> {
         for name in components.by_ref() {
             prefix.push(name);
             match self.resolve(&prefix)? {
-                Some(resolved) => found = resolved,
+                Some((resolved, _)) => found = resolved,
                 None => {
                     found.push(name);
                     break;
@@ -115,60 +142,66 @@ impl Layer<'_> {
             }
         }
         found.extend(components);
-        Ok(found)
+        Ok((found, None))
     }
 
-    /// Where file `path` lands: its directory's landing, then its own name (a file mount
-    /// point replaces a symlink there rather than following it, as [`Root::mountpoint_file`]).
-    fn land_file(&self, path: &Path) -> io::Result<PathBuf> {
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        let name = path.file_name().unwrap_or(OsStr::new(""));
-        Ok(self.land(parent)?.join(name))
-    }
-
-    /// `path`'s place in the image, relative to its root, if the image has it.
-    fn resolve(&self, path: &Path) -> io::Result<Option<PathBuf>> {
+    /// `path`'s place in the image and the file there, if the image has it: the path itself
+    /// when no symlink is on the way (one `openat2`), else where the kernel found it.
+    fn resolve(&self, path: &Path) -> io::Result<Option<(PathBuf, OwnedFd)>> {
         let target = if path.as_os_str().is_empty() { Path::new(".") } else { path };
-        match openat2(self.image.fd(), target, in_root(OFlag::O_PATH)) {
-            Ok(fd) => {
-                let real = real_path(&fd)?;
-                let inside = real.strip_prefix(&self.image_root).map_err(|_| {
-                    io::Error::other(format!("{} resolves outside the image", path.display()))
-                })?;
-                Ok(Some(inside.to_path_buf()))
-            }
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(io::Error::from(e)),
+        let no_symlinks = in_root(OFlag::O_PATH).resolve(RESOLVE | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(self.image.fd(), target, no_symlinks) {
+            Ok(fd) => return Ok(Some((path.to_path_buf(), fd))),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => {} // a symlink on the way: followed below
+            Err(e) => return Err(io::Error::from(e)),
         }
-    }
-
-    /// The image's file type at `landed`, None if it has nothing there.
-    fn image_type(&self, landed: &Path) -> io::Result<Option<SFlag>> {
-        let (parent, name) = match (landed.parent(), landed.file_name()) {
-            (Some(parent), Some(name)) => (parent, name),
-            _ => return Ok(Some(SFlag::S_IFDIR)), // the root
+        let fd = match openat2(self.image.fd(), target, in_root(OFlag::O_PATH)) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(io::Error::from(e)),
         };
-        let Ok(dir) = self.image.dir(parent, false) else { return Ok(None) };
-        Ok(Root::lstat(&dir, name)?.map(|stat| SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT))
+        let image_root = match self.image_root.get() {
+            Some(root) => root,
+            None => {
+                let root = real_path(self.image.fd())?;
+                self.image_root.get_or_init(|| root)
+            }
+        };
+        let real = real_path(&fd)?;
+        let inside = real
+            .strip_prefix(image_root)
+            .map_err(|_| io::Error::other(format!("{} resolves outside the image", path.display())))?;
+        Ok(Some((inside.to_path_buf(), fd)))
     }
 
-    /// Make `target` at `landed` in the top layer unless the image has it already (or has
+    /// Make `target` at its landing in the top layer unless the image has it already (or has
     /// something of another type there, which the mount will then refuse). Returns whether a
     /// generated file was written.
-    fn make(&mut self, target: &Target, landed: &Path) -> io::Result<bool> {
-        let existing = self.image_type(landed)?;
+    fn make(&mut self, target: &Target, landing: &Landing) -> io::Result<bool> {
+        let (path, existing) = (&landing.path, landing.existing);
+        let parent = || path.parent().unwrap_or(Path::new(""));
         match target {
             Target::Dir(_) => {
                 if existing.is_none() {
-                    self.dir(landed)?;
+                    self.dir(path)?;
                 }
                 Ok(false)
             }
             Target::File(_) => {
                 // Anything but a file or a directory there is replaced, as in the image itself.
                 if existing.is_none_or(|kind| kind != SFlag::S_IFREG && kind != SFlag::S_IFDIR) {
-                    let parent = self.dir(landed.parent().unwrap_or(Path::new("")))?;
-                    Root::write_file(&parent, file_name(landed), 0o644, 0, &mut io::empty(), &mut [])?;
+                    let dir = self.dir(parent())?;
+                    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+                    match openat(
+                        &dir,
+                        file_name(path),
+                        flags | OFlag::O_NOFOLLOW,
+                        Mode::from_bits_truncate(0o644),
+                    ) {
+                        Ok(_) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(io::Error::from(e)),
+                    }
                 }
                 Ok(false)
             }
@@ -176,16 +209,10 @@ impl Layer<'_> {
                 if existing == Some(SFlag::S_IFDIR) {
                     return Ok(false);
                 }
-                let parent = self.dir(landed.parent().unwrap_or(Path::new("")))?;
+                let dir = self.dir(parent())?;
                 let now = crate::unix_time() as i64;
-                Root::write_file(
-                    &parent,
-                    file_name(landed),
-                    0o644,
-                    now,
-                    &mut contents.as_bytes(),
-                    &mut [0; 4096],
-                )?;
+                let mut buf = [0; 4096];
+                Root::write_file(&dir, file_name(path), 0o644, now, &mut contents.as_bytes(), &mut buf)?;
                 Ok(true)
             }
         }
@@ -221,10 +248,14 @@ fn file_name(path: &Path) -> &OsStr {
     path.file_name().unwrap_or(OsStr::new(""))
 }
 
+const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
 fn in_root(flags: OFlag) -> OpenHow {
-    OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(RESOLVE)
+}
+
+fn file_type(mode: u32) -> SFlag {
+    SFlag::from_bits_truncate(mode) & SFlag::S_IFMT
 }
 
 /// The path the kernel has for an open file (`/proc/self/fd/N`).
