@@ -1,6 +1,6 @@
 //! The sandbox: a plan made on the host side ([`plan`]), then namespaces ([`ns`]), the
-//! container's file system ([`mount`], over the image's [`top`] layer) and the lock-down ([`lockdown`]), applied by the
-//! single-threaded init (`crate::init`).
+//! container's file system ([`mount`], over the image's [`top`] layer) and the lock-down
+//! ([`lockdown`]), applied by the single-threaded init (`crate::init`).
 
 pub mod lockdown;
 pub mod mount;

@@ -4,8 +4,9 @@
 //! the mount points and generated files the image lacks ([`super::top`]): the shared rootfs is
 //! never touched, and the overlay, with no upper layer, is read-only. With `--writable-tmpfs`
 //! the overlay has an upper layer in the tmpfs instead, where the mount points are made and the
-//! job's writes go (and vanish at exit). Every target inside the new root is resolved with `RESOLVE_IN_ROOT` and mounted on
-//! through `/proc/self/fd/N`, so an image's symlinks cannot point a mount at the host.
+//! job's writes go (and vanish at exit). Every target inside the new root is resolved with
+//! `RESOLVE_IN_ROOT` and mounted on through `/proc/self/fd/N`, so an image's symlinks cannot
+//! point a mount at the host.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
