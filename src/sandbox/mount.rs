@@ -54,7 +54,7 @@ fn error(action: &'static str, path: &Path, source: impl Into<io::Error>) -> Mou
 }
 
 /// `/proc/self/fd/N`: how a mount call names a target we hold an fd for.
-fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(super) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 

@@ -15,17 +15,17 @@ use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::fcntl::{OFlag, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
 use super::plan::MountOp;
 use crate::unpack::entry::ImagePath;
-use crate::unpack::root::Root;
+use crate::unpack::root::{IN_ROOT, Root, in_root};
 
 /// What a plan's operation needs in the root.
 enum Target<'a> {
@@ -149,7 +149,7 @@ impl Layer<'_> {
     /// when no symlink is on the way (one `openat2`), else where the kernel found it.
     fn resolve(&self, path: &Path) -> io::Result<Option<(PathBuf, OwnedFd)>> {
         let target = if path.as_os_str().is_empty() { Path::new(".") } else { path };
-        let no_symlinks = in_root(OFlag::O_PATH).resolve(RESOLVE | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let no_symlinks = in_root(OFlag::O_PATH).resolve(IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS);
         match openat2(self.image.fd(), target, no_symlinks) {
             Ok(fd) => return Ok(Some((path.to_path_buf(), fd))),
             Err(Errno::ENOENT) => return Ok(None),
@@ -248,17 +248,11 @@ fn file_name(path: &Path) -> &OsStr {
     path.file_name().unwrap_or(OsStr::new(""))
 }
 
-const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
-
-fn in_root(flags: OFlag) -> OpenHow {
-    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(RESOLVE)
-}
-
 fn file_type(mode: u32) -> SFlag {
     SFlag::from_bits_truncate(mode) & SFlag::S_IFMT
 }
 
-/// The path the kernel has for an open file (`/proc/self/fd/N`).
+/// The path the kernel has for an open file.
 fn real_path(fd: &OwnedFd) -> io::Result<PathBuf> {
-    fs_err::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    fs_err::read_link(super::mount::fd_path(fd))
 }

@@ -32,10 +32,12 @@ pub struct Root {
     path: PathBuf,
 }
 
-fn in_root(flags: OFlag) -> OpenHow {
-    OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+/// How every path inside a rootfs is resolved: within it, and never through a magic link.
+pub const IN_ROOT: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
+/// `openat2` options for `flags` (and O_CLOEXEC), resolved [`IN_ROOT`].
+pub fn in_root(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(IN_ROOT)
 }
 
 fn io(errno: Errno) -> io::Error {
