@@ -95,16 +95,16 @@ def verdict(key, rounds):
     return "Target: " + "; ".join(parts) + "."
 
 
-def cpu_verdict(rounds):
+def cpu_verdict(rounds, results):
     """Inside vs bare: how much slower inside (the median of the rounds' differences), against
-    bare's stddev over all its runs (faster is never a miss)."""
+    bare's stddev over all its runs (`results`, pooled; faster is never a miss)."""
     parts = []
     for job in ("sha256sum", "python loop"):
         bare = [median_of(results, "bare: " + job) for results in rounds]
         inside = [median_of(results, "boxrun: " + job) for results in rounds]
         if None in bare or None in inside:
             continue
-        spread = next(r["stddev"] for r in pooled(rounds) if r["command"].startswith("bare: " + job))
+        spread = next(r["stddev"] for r in results if r["command"].startswith("bare: " + job))
         diff = statistics.median(i - b for i, b in zip(inside, bare))
         state = "met" if diff <= spread else "**missed by %s**" % fmt(diff - spread)
         parts.append("%s inside − bare %+.1f ms (bare's stddev %s%s): %s" % (
@@ -133,7 +133,7 @@ def main(json_dir, rss30, rss300, running, cores):
         for r in results:
             out.append("| %s | %s | %s | %s | %.2f× |" % (r["command"], fmt(r["median"]), fmt(r["min"]),
                                                       fmt(r["stddev"] or 0), r["median"] / base))
-        out += ["", cpu_verdict(rounds) if key == "cpu" else verdict(key, rounds), ""]
+        out += ["", cpu_verdict(rounds, results) if key == "cpu" else verdict(key, rounds), ""]
     rss30, rss300, running = int(rss30), int(rss300), int(running)
     out += ["## Memory (targets: pull flat in the layer size and < 64 MB; outer + init < 4 MB)", "",
             "| what | RSS |", "|---|---:|",

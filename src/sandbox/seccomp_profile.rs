@@ -197,7 +197,7 @@ fn refuse_x32(program: &mut Vec<seccompiler::sock_filter>) {
 /// more is dropped: one compare per syscall is left. The kernel translates and JITs each
 /// instruction at load, and before the first syscall it runs the program for every syscall
 /// number to find the ones it may allow without running it: both scale with the length
-/// (140 -> 49 instructions for the default profile). None if an offset would not fit.
+/// (140 -> 47 instructions for the default profile). None if an offset would not fit.
 fn shorten(program: &[seccompiler::sock_filter]) -> Option<seccompiler::BpfProgram> {
     let len = program.len();
     let is = |at: usize, class: u16| program[at].code & CLASS == class;
@@ -244,9 +244,7 @@ fn shorten(program: &[seccompiler::sock_filter]) -> Option<seccompiler::BpfProgr
     let offset = |from: usize, to: usize| index[to].checked_sub(index[from] + 1);
     let mut out = Vec::with_capacity(kept);
     for at in (0..len).filter(|&at| reached[at]) {
-        let source = &program[at];
-        let mut insn =
-            seccompiler::sock_filter { code: source.code, jt: source.jt, jf: source.jf, k: source.k };
+        let mut insn = program[at].clone();
         match targets[at] {
             Some((to, _)) if is_ja(at) => insn.k = offset(at, to)? as u32,
             Some((yes, no)) => {
