@@ -200,8 +200,8 @@ fn env_path(name: &str) -> Option<PathBuf> {
 /// `$HOME`, else the passwd entry's (Slurm starts OCI runtimes with no HOME).
 fn home() -> Option<PathBuf> {
     env_path("HOME").or_else(|| {
-        let uid = nix::unistd::getuid();
-        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.dir).filter(|d| d.is_absolute())
+        let uid = nix::unistd::getuid().as_raw();
+        crate::accounts::user_by_uid(uid).map(|u| u.home).filter(|d| d.is_absolute())
     })
 }
 

@@ -3,6 +3,7 @@
 //! The pipeline, one module per stage: [`reference`] → [`registry`] → [`store`] → [`unpack`] →
 //! [`rootfs`] (→ sandbox, in later modules). [`commands`] ties them to the [`cli`].
 
+pub mod accounts;
 pub mod cli;
 pub mod commands;
 pub mod config;

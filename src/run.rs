@@ -360,22 +360,27 @@ pub(crate) fn set_path_and_home(env: &mut Vec<(String, String)>, user: &User) {
     plan::set_default_var(env, "HOME", user.home.display().to_string());
 }
 
-/// The user as the host knows them (NSS, so LDAP/SSSD users too), with fallbacks to the
-/// environment where there is no entry.
+/// The user as the host knows them (directory accounts too, see `accounts`), with fallbacks to
+/// the environment where there is no entry.
 pub(crate) fn host_user() -> User {
-    use nix::unistd::{Group, User as PwEntry, getgid, getuid};
-    let (uid, gid) = (getuid(), getgid());
-    let entry = PwEntry::from_uid(uid).ok().flatten();
-    let name = entry.as_ref().map(|e| e.name.clone()).or_else(|| std::env::var("USER").ok());
+    use nix::unistd::{getgid, getuid};
+    let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    // /etc/passwd first, then $USER and $HOME (set in every login and batch job): only where
+    // neither knows does this ask the host's directory service.
+    let entry = crate::accounts::local_user(uid).or_else(|| match (env("USER"), env("HOME")) {
+        (Some(_), Some(_)) => None,
+        _ => crate::accounts::user_by_uid(uid),
+    });
+    let name = entry.as_ref().map(|e| e.name.clone()).or_else(|| env("USER")?.into_string().ok());
     // $HOME first: it is what the job's environment says, and what a user may have pointed
     // elsewhere on purpose; the passwd entry where it is unset.
-    let home = std::env::var_os("HOME").map(PathBuf::from).or_else(|| entry.as_ref().map(|e| e.dir.clone()));
-    let group = Group::from_gid(gid).ok().flatten().map(|g| g.name);
+    let home = env("HOME").map(PathBuf::from).or_else(|| entry.map(|e| e.home));
     User {
-        uid: uid.as_raw(),
-        gid: gid.as_raw(),
+        uid,
+        gid,
         name: name.unwrap_or_else(|| format!("user{uid}")),
-        group: group.unwrap_or_else(|| format!("group{gid}")),
+        group: crate::accounts::group_name(gid).unwrap_or_else(|| format!("group{gid}")),
         home: home.unwrap_or_else(|| PathBuf::from("/")),
     }
 }

@@ -72,19 +72,19 @@ pub fn dispatch(args: OciArgs) -> Result<i32, crate::Error> {
 /// Root becomes `name` (groups, gid, uid, in that order: each needs the privilege the next
 /// drops). Anyone else may only name themselves.
 fn become_user(name: &str) -> Result<(), OciError> {
-    use nix::unistd::{Uid, User, geteuid, setgid, setgroups, setuid};
+    use nix::unistd::{Gid, Uid, geteuid, setgid, setgroups, setuid};
     let fail = |why: String| OciError::User(name.into(), why);
-    let user =
-        User::from_name(name).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
-    if geteuid() == user.uid {
+    let account = crate::accounts::user_by_name(name).ok_or_else(|| fail("no such user".into()))?;
+    let (uid, gid) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
+    if geteuid() == uid {
         return Ok(());
     }
     if !geteuid().is_root() {
         return Err(fail("only root can act on another user's containers".into()));
     }
-    setgroups(&[user.gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
-    setgid(user.gid).map_err(|e| fail(format!("setgid: {e}")))?;
-    setuid(user.uid).map_err(|e| fail(format!("setuid: {e}")))?;
+    setgroups(&[gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
+    setgid(gid).map_err(|e| fail(format!("setgid: {e}")))?;
+    setuid(uid).map_err(|e| fail(format!("setuid: {e}")))?;
     debug_assert!(geteuid() != Uid::from_raw(0));
     Ok(())
 }
