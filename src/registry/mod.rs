@@ -9,9 +9,10 @@
 pub mod auth;
 pub mod blob;
 pub mod manifest;
+pub mod resolve;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -90,6 +91,7 @@ impl Client {
         let scheme = if plain { "http" } else { "https" };
         let mut builder = HttpClient::builder()
             .user_agent(USER_AGENT)
+            .dns_resolver(Arc::new(resolve::HostResolver))
             .connect_timeout(Duration::from_secs(30))
             // Blocking reqwest applies this to the response head and to each body read, not to
             // the whole transfer, so a large layer on a slow link is fine; a stalled one is not.
