@@ -9,8 +9,8 @@ bench_setup() {
     work=$1
     mkdir -p "$work"
     chmod 755 "$work"
-    cargo build --release --locked -q
-    install -m 755 target/release/boxrun "$work/boxrun"
+    bash scripts/cargo-static build --release --locked -q
+    install -m 755 "target/$(rustc -vV | sed -n 's/^host: //p')/release/boxrun" "$work/boxrun"
     bash images/build.sh "$work/images"
     bench_tls "$work/tls"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -267,6 +267,7 @@ fn release_startup_pages() {
     }
     // SAFETY: the callback only reads what the loader hands it; this process is single-threaded.
     unsafe {
+        #[cfg(target_env = "gnu")]
         libc::malloc_trim(0);
         libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
     }

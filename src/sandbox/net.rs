@@ -17,11 +17,11 @@ pub fn loopback_up() -> Result<(), String> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own and pass by pointer.
     let result = unsafe {
-        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) < 0 {
+        if libc::ioctl(socket, libc::SIOCGIFFLAGS as _, &mut request) < 0 {
             Err(fail("SIOCGIFFLAGS"))
         } else {
             request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) < 0 {
+            if libc::ioctl(socket, libc::SIOCSIFFLAGS as _, &request) < 0 {
                 Err(fail("SIOCSIFFLAGS"))
             } else {
                 Ok(())
