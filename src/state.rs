@@ -69,7 +69,12 @@ pub fn dir() -> Result<PathBuf, StateError> {
 
 /// The start time of process `pid` in clock ticks, if it exists.
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    // One read: the file is a few hundred bytes, but says its size is 0, so read_to_string
+    // would read it in six growing steps.
+    let mut buf = [0u8; 1024];
+    let read = fs_err::File::open(format!("/proc/{pid}/stat")).ok()?.read(&mut buf).ok()?;
+    let stat = String::from_utf8_lossy(&buf[..read]);
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
