@@ -12,6 +12,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+/// The host's `getent`, by its path on every mainstream distribution: no PATH search, and
+/// nothing a caller's PATH could stand in for when root looks up a user.
+pub const GETENT: &str = "/usr/bin/getent";
+
 /// One passwd entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -75,7 +79,7 @@ fn read_etc(file: &str) -> Option<String> {
 
 /// `getent DATABASE KEY`'s output, or None where the host has no such entry or no getent.
 fn getent(database: &str, key: &str) -> Option<String> {
-    let output = Command::new("getent").args([database, key]).stdin(Stdio::null()).output().ok()?;
+    let output = Command::new(GETENT).args([database, key]).stdin(Stdio::null()).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

@@ -30,7 +30,7 @@ impl Resolve for HostResolver {
 }
 
 fn lookup(host: &str) -> Result<Vec<SocketAddr>, BoxError> {
-    match Command::new("getent").args(["ahosts", host]).stdin(Stdio::null()).output() {
+    match Command::new(crate::accounts::GETENT).args(["ahosts", host]).stdin(Stdio::null()).output() {
         Ok(output) if output.status.success() => {
             let addresses = parse_ahosts(&String::from_utf8_lossy(&output.stdout));
             if addresses.is_empty() {
