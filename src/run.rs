@@ -372,10 +372,10 @@ pub(crate) fn host_user() -> User {
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     // /etc/passwd first, then $USER and $HOME (set in every login and batch job): only where
     // neither knows does this ask the host's directory service.
-    let entry = crate::accounts::local_user(uid).or_else(|| match (env("USER"), env("HOME")) {
-        (Some(_), Some(_)) => None,
+    let entry = match (env("USER"), env("HOME")) {
+        (Some(_), Some(_)) => crate::accounts::local_user(uid),
         _ => crate::accounts::user_by_uid(uid),
-    });
+    };
     let name = entry.as_ref().map(|e| e.name.clone()).or_else(|| env("USER")?.into_string().ok());
     // $HOME first: it is what the job's environment says, and what a user may have pointed
     // elsewhere on purpose; the passwd entry where it is unset.

@@ -29,9 +29,9 @@ fn outside(command: &str, args: &[&str]) -> String {
 #[test]
 fn the_job_runs_as_the_user_with_the_same_ids_and_groups() {
     let rig = rig();
-    let run = rig.sh(&[], "id -u; id -g; id -un");
-    let expected =
-        format!("{}\n{}\n{}", outside("id", &["-u"]), outside("id", &["-g"]), outside("id", &["-un"]));
+    let run = rig.sh(&[], "id -u; id -g; id -un; id -gn");
+    let ids = ["-u", "-g", "-un", "-gn"].map(|flag| outside("id", &[flag]));
+    let expected = ids.join("\n");
     assert_eq!(run.ok().stdout.trim(), expected);
     // A file only the supplementary group may read, bound in through the work directory.
     let secret = rig.env.work().join("group-secret");

@@ -171,8 +171,8 @@ impl NewRoot {
                 }
                 self.bind_host(src, dst, *readonly)
             }
-            // Written into the overlay's upper layer (memory): no bind, and read-only with
-            // the rest of the image at the end.
+            // What the top layer could not hold (under an earlier mount of the plan, or with
+            // `--writable-tmpfs`, in the upper layer): written in place, in memory, no bind.
             MountOp::File { dst, contents } => {
                 self.root.replace_file(relative(dst), contents.as_bytes()).map_err(|e| error("write", dst, e))
             }

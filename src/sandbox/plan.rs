@@ -40,7 +40,8 @@ pub enum MountOp {
     Tmpfs { dst: PathBuf, mode: u32 },
     /// A host path at `dst`; `optional` ones are skipped when the source is gone.
     Bind { src: PathBuf, dst: PathBuf, readonly: bool, optional: bool },
-    /// A generated file (e.g. /etc/passwd) bound read-only over `dst`.
+    /// A generated file (e.g. /etc/passwd) at `dst`, read-only with the rest of the image: a
+    /// file of the top layer, or written in place where that layer cannot hold it.
     File { dst: PathBuf, contents: String },
 }
 
