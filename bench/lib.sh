@@ -10,7 +10,7 @@ bench_setup() {
     mkdir -p "$work"
     chmod 755 "$work"
     bash scripts/cargo-static build --release --locked -q
-    install -m 755 "target/$(rustc -vV | sed -n 's/^host: //p')/release/boxrun" "$work/boxrun"
+    install -m 755 "$(bash scripts/cargo-static --release-binary)" "$work/boxrun"
     bash images/build.sh "$work/images"
     bench_tls "$work/tls"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
