@@ -11,7 +11,8 @@
 //!
 //! When the job ends, PID 1 kills and reaps what the job left running, then tells the relay the
 //! job's status through a pipe before it exits: the relay returns while the kernel tears the
-//! container's mounts down, which no one needs to wait for.
+//! container's mounts down, which no one needs to wait for. For that, the mount namespace is PID
+//! 1's alone (`ns::own_mounts`): the relay, in the host's, does not pay the teardown in its exit.
 
 mod wait;
 
@@ -69,9 +70,6 @@ pub fn start(plan: &RunPlan) -> ! {
     // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
-    // ORDER: before the namespaces: PID 1's pivot_root moves this process's root too, so the
-    // relay reaches the `boxrun ps` record through a directory fd opened now.
-    let state_dir = plan.state_file.as_deref().and_then(StateRecord::open);
     ns::enter(plan).unwrap_or_else(|e| fail(e));
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
@@ -84,40 +82,21 @@ pub fn start(plan: &RunPlan) -> ! {
         Ok(ForkResult::Child) => {
             drop(alive_write);
             drop(status_read);
-            drop(state_dir); // the container keeps no handle on a host directory
             pid1(plan, signals, alive_read, status_write)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
             drop(status_write);
             let code = relay(child, signals, status_read);
-            if let Some(record) = state_dir {
-                record.remove();
+            // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead). The relay
+            // is in the host's mount namespace: the path still names the record.
+            if let Some(record) = &plan.state_file {
+                drop(fs_err::remove_file(record));
             }
             drop(alive_write);
             std::process::exit(code)
         }
         Err(e) => fail(format!("fork: {e}")),
-    }
-}
-
-/// The container's `boxrun ps` record, reachable after the root moved.
-struct StateRecord {
-    dir: OwnedFd,
-    name: std::path::PathBuf,
-}
-
-impl StateRecord {
-    fn open(path: &std::path::Path) -> Option<StateRecord> {
-        let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
-        let dir = nix::fcntl::open(path.parent()?, flags, nix::sys::stat::Mode::empty()).ok()?;
-        Some(StateRecord { dir, name: path.file_name()?.into() })
-    }
-
-    /// Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead).
-    fn remove(self) {
-        let _ =
-            nix::unistd::unlinkat(&self.dir, self.name.as_path(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     }
 }
 
@@ -192,6 +171,7 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd, status: OwnedFd)
         prctl::set_child_subreaper(true)
             .unwrap_or_else(|e| fail(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")));
     }
+    ns::own_mounts().unwrap_or_else(|e| fail(format!("cannot create a mount namespace: {e}")));
     mount::build(plan).unwrap_or_else(|e| fail(e));
     if let Some(hostname) = &plan.hostname {
         nix::unistd::sethostname(hostname).unwrap_or_else(|e| fail(format!("sethostname: {e}")));

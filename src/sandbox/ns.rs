@@ -1,5 +1,6 @@
 //! Namespaces: one `unshare`, then the process maps its own single uid and gid (as Charliecloud
-//! does), so no helper process and no handshake is needed.
+//! does), so no helper process and no handshake is needed. The mount namespace is PID 1's alone
+//! (`own_mounts`): the relay outside stays in the host's.
 
 use std::io;
 
@@ -17,9 +18,10 @@ pub enum NsError {
     IdMap { file: &'static str, source: io::Error },
 }
 
-/// The flags for one `unshare`: user and mount always, PID unless the host's, the rest on request.
+/// The flags for the relay's `unshare`: user always, PID unless the host's, the rest on request.
+/// Not the mount namespace: see `own_mounts`.
 pub fn flags(namespaces: Namespaces) -> CloneFlags {
-    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS;
+    let mut flags = CloneFlags::CLONE_NEWUSER;
     if !namespaces.host_pid {
         flags |= CloneFlags::CLONE_NEWPID;
     }
@@ -46,6 +48,16 @@ pub fn enter(plan: &RunPlan) -> Result<(), NsError> {
     write_proc("/proc/self/uid_map", &format!("{inside_uid} {} 1", plan.uid))?;
     write_proc("/proc/self/gid_map", &format!("{inside_gid} {} 1", plan.gid))?;
     Ok(())
+}
+
+/// Give PID 1 a mount namespace of its own, owned by the user namespace `enter` made.
+///
+/// Why not in `enter`'s `unshare`: the last process to leave a mount namespace tears its mounts
+/// down (the overlay, the tmpfs, every bind) in its exit, before its parent hears of it. With
+/// the relay outside it, that is PID 1, which exits after the relay has the job's status and
+/// no one waits for; inside it, the relay's exit paid 0.3 ms of teardown at every job's end.
+pub fn own_mounts() -> Result<(), Errno> {
+    unshare(CloneFlags::CLONE_NEWNS)
 }
 
 fn write_proc(file: &'static str, text: &str) -> Result<(), NsError> {
