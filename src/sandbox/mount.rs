@@ -4,13 +4,10 @@
 //! the mount points and generated files the image lacks ([`super::top`]): the shared rootfs is
 //! never touched, and the overlay, with no upper layer, is read-only. With `--writable-tmpfs`
 //! the overlay has an upper layer in the tmpfs instead, where the mount points are made and the
-//! job's writes go (and vanish at exit). The same tmpfs holds the container's /dev, /tmp and
-//! /var/tmp, as directories bound in place: a tmpfs of their own each would cost 0.2 ms of every
-//! start (the kernel allocates and frees per-CPU counters for each tmpfs). Every target inside the new root is resolved with
+//! job's writes go (and vanish at exit). Every target inside the new root is resolved with
 //! `RESOLVE_IN_ROOT` and mounted on through `/proc/self/fd/N`, so an image's symlinks cannot
 //! point a mount at the host.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -29,7 +26,6 @@ use crate::unpack::root::Root;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 /// Host device nodes every container gets.
@@ -66,10 +62,6 @@ pub(super) fn fd_path(fd: &OwnedFd) -> PathBuf {
 struct NewRoot {
     root: Root,
     path: PathBuf,
-    /// Where the private directories come from (`private_dir`): a directory of the scratch
-    /// tmpfs, bound on itself, so that it stays bindable when the tmpfs is made unbindable.
-    private: PathBuf,
-    private_made: Cell<u32>,
 }
 
 /// Set up every mount of the plan and make the new root `/`.
@@ -108,12 +100,9 @@ impl NewRoot {
         )
         .map_err(|e| error("mount a tmpfs on", scratch, e))?;
         let layers: &[&str] = if plan.writable { &["upper", "work"] } else { &["top"] };
-        for dir in layers.iter().chain(&["root", "private"]) {
+        for dir in layers.iter().chain(&["root"]) {
             fs_err::create_dir(scratch.join(dir)).map_err(|e| error("create", &scratch.join(dir), e))?;
         }
-        let private = scratch.join("private");
-        mount(Some(&private), &private, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| error("bind-mount", &private, e))?;
         let path = scratch.join("root");
         let (options, done) = if plan.writable {
             let options = format!(
@@ -142,11 +131,10 @@ impl NewRoot {
         // and before any bind: the scratch directory usually lives under the user's home (the
         // cache), and a recursive bind of the home would copy the whole container tree into
         // itself; an unbindable mount, and everything below it, is pruned from such copies.
-        // Not recursive: the bind of `private` below it stays a source binds may come from.
         mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)
             .map_err(|e| error("make unbindable", scratch, e))?;
         let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
-        Ok((NewRoot { root, path, private, private_made: Cell::new(0) }, done))
+        Ok((NewRoot { root, path }, done))
     }
 
     fn apply(&self, op: &MountOp) -> Result<(), MountError> {
@@ -165,7 +153,18 @@ impl NewRoot {
                     true,
                 )
             }
-            MountOp::Tmpfs { dst, mode } => self.private_dir(dst, *mode).map(drop),
+            MountOp::Tmpfs { dst, mode } => {
+                let target = self.dir(dst)?;
+                let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                mount(
+                    Some("tmpfs"),
+                    &fd_path(&target),
+                    Some("tmpfs"),
+                    flags,
+                    Some(format!("mode={mode:o}").as_str()),
+                )
+                .map_err(|e| error("mount a tmpfs on", dst, e))
+            }
             MountOp::Bind { src, dst, readonly, optional } => {
                 if *optional && fs_err::metadata(src).is_err() {
                     return Ok(());
@@ -178,23 +177,6 @@ impl NewRoot {
                 self.root.replace_file(relative(dst), contents.as_bytes()).map_err(|e| error("write", dst, e))
             }
         }
-    }
-
-    /// An empty directory of the scratch tmpfs with `mode`, bound at `dst`: as private as a
-    /// tmpfs of its own (nosuid and nodev like it), gone with the container. Returns the mount.
-    fn private_dir(&self, dst: &Path, mode: u32) -> Result<OwnedFd, MountError> {
-        use std::os::unix::fs::PermissionsExt;
-        let made = self.private_made.get();
-        self.private_made.set(made + 1);
-        let dir = self.private.join(made.to_string());
-        fs_err::create_dir(&dir).map_err(|e| error("create", &dir, e))?;
-        // The umask applied to the mkdir: the mode is set after it.
-        fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| error("set the mode of", &dir, e))?;
-        let target = self.dir(dst)?;
-        bind(&dir, &target, false)?;
-        // The fd is the directory under the new mount: look the path up again.
-        self.dir(dst)
     }
 
     /// Bind a host path (file or directory) at `dst` inside the new root.
@@ -252,12 +234,14 @@ impl NewRoot {
         Ok(())
     }
 
-    /// A private directory with the host's harmless nodes bound in, a devpts, /dev/shm, the
-    /// node's HPC devices and the usual links. Everything is made by name in the fresh
-    /// directory, opened once: it holds nothing an image or a user could have placed.
+    /// A tmpfs with the host's harmless nodes bound in, a devpts, /dev/shm, the node's HPC
+    /// devices and the usual links. Everything is made by name in the fresh tmpfs, opened
+    /// once: it holds nothing an image or a user could have placed.
     fn dev(&self, private_shm: bool) -> Result<(), MountError> {
-        let dev = self.private_dir(Path::new("/dev"), 0o755)?;
-        set_attrs(&dev, Path::new("/dev"), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, false)?;
+        let dev = self.dir(Path::new("/dev"))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
+            .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
         let dev_dir =
             self.root.dir(Path::new("dev"), false).map_err(|e| error("open", Path::new("/dev"), e))?;
         let in_dev = |name: &str| fd_path(&dev_dir).join(name);

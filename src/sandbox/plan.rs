@@ -31,13 +31,12 @@ pub enum PlanError {
 pub enum MountOp {
     /// A fresh procfs for the new PID namespace at /proc.
     Proc,
-    /// A private /dev with the host's null, zero, full, random, urandom and tty, a new devpts,
+    /// A tmpfs /dev with the host's null, zero, full, random, urandom and tty, a new devpts,
     /// /dev/shm (the host's, for MPI, unless `private_shm`), and HPC devices that exist.
     Dev { private_shm: bool },
     /// The host's /sys, read-only.
     Sys,
-    /// An empty private directory, as a tmpfs of its own would be (private /tmp and /var/tmp):
-    /// a directory of the container's scratch tmpfs, bound at `dst`.
+    /// An empty tmpfs (private /tmp and /var/tmp).
     Tmpfs { dst: PathBuf, mode: u32 },
     /// A host path at `dst`; `optional` ones are skipped when the source is gone.
     Bind { src: PathBuf, dst: PathBuf, readonly: bool, optional: bool },
