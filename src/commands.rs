@@ -115,10 +115,11 @@ fn gc_command(store: &Store, args: GcArgs) -> Result<i32, Error> {
         print(format_args!("{}\n", serde_json::to_string(&report).expect("report serialises")));
     } else {
         print(format_args!(
-            "removed {} blobs ({}), {} unpacked images and {} staging entries\n",
+            "removed {} blobs ({}), {} unpacked images, {} top layers and {} staging entries\n",
             report.blobs_removed,
             human_bytes(report.bytes_freed),
             report.rootfs_removed,
+            report.top_layers_removed,
             report.staging_removed
         ));
     }

@@ -235,6 +235,7 @@ fn make_plan(
     Ok(RunPlan {
         rootfs,
         scratch: store.mnt_dir(),
+        top_layers: (!args.writable_tmpfs).then(|| store.clone()),
         writable: args.writable_tmpfs,
         argv,
         env: environment(settings, record, args, &user, &host.vars, mpi_rank)?,

@@ -440,3 +440,41 @@ fn mount_points_follow_the_images_symlinks_and_leave_its_directories_as_they_are
     assert_eq!(lines[4..], [lines[6]; 3], "/srv/ro and /srv do not have the image's mtime");
     run.fails_with(1, "Read-only file system");
 }
+
+#[test]
+fn a_top_layer_is_made_once_per_plan_and_gc_removes_it_only_when_no_container_holds_it() {
+    let rig = rig();
+    let top_layers = || std::fs::read_dir(rig.env.cache().join("top")).map_or(0, |d| d.count());
+    let passwd = |home: &str| {
+        let mut command = rig.env.boxrun();
+        command.env("HOME", home).current_dir(rig.env.work());
+        command.args([&rig.tiny, "sh", "-c", "busybox grep boxrun-test /etc/passwd"]);
+        Run::from(command.output().unwrap()).ok().stdout.clone()
+    };
+    // The generated files are the plan's: another home is another passwd, in another layer,
+    // and the first layer serves its plan again.
+    for home in ["/home/one", "/home/two", "/home/one"] {
+        assert!(passwd(home).contains(&format!(":{home}:")), "passwd lacks {home}");
+    }
+    assert_eq!(top_layers(), 2, "not one top layer per plan");
+    // A running container holds its layer: gc removes the idle one only.
+    let (ready, go) = (rig.env.fifo("ready"), rig.env.fifo("go"));
+    let script = "echo ready > ready; read x < go; busybox grep boxrun-test /etc/passwd";
+    let mut command = rig.env.boxrun();
+    command.env("HOME", "/home/one").args([&rig.tiny, "sh", "-c", script]);
+    let mut running = Guard(command.current_dir(rig.env.work()).stdout(Stdio::piped()).spawn().unwrap());
+    BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
+    let removed = |run: &Run| -> u64 {
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        report["top_layers_removed"].as_u64().unwrap()
+    };
+    assert_eq!(removed(rig.env.run(&["gc", "--json"]).ok()), 1, "gc removed a layer in use, or none");
+    assert_eq!(top_layers(), 1);
+    writeln!(std::fs::OpenOptions::new().write(true).open(&go).unwrap(), "go").unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut running.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = running.0.wait().unwrap();
+    assert!(status.success() && stdout.contains(":/home/one:"), "after gc: {status:?}, {stdout}");
+    assert_eq!(removed(rig.env.run(&["gc", "--json"]).ok()), 1, "the ended container's layer stayed");
+    assert_eq!(top_layers(), 0);
+}

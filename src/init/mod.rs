@@ -35,6 +35,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use wait::{Event, Waiter};
 
 use crate::EXIT_BOXRUN_FAILED;
+use crate::rootfs::top::{self, CachedTop};
 use crate::sandbox::plan::{RunPlan, StatsFormat};
 use crate::sandbox::{lockdown, mount, ns};
 
@@ -64,6 +65,10 @@ pub fn main(plan_fd: RawFd) -> ! {
 /// Enter the namespaces and run the plan. The caller must be single-threaded: a fresh exec,
 /// or the outer boxrun on the warm path, which started no thread.
 pub fn start(plan: &RunPlan) -> ! {
+    // The image's top layer, on the host's side and before anything forks: made once per image
+    // and plan, then held open by the relay and PID 1 while the container runs (gc spares it).
+    let top = plan.top_layers.as_ref().map(|store| top::open(store, &plan.rootfs, &plan.mounts));
+    let top = top.transpose().unwrap_or_else(|e| fail(e));
     let signals = forwarded(plan);
     let mut blocked = signals;
     blocked.add(Signal::SIGCHLD);
@@ -82,7 +87,7 @@ pub fn start(plan: &RunPlan) -> ! {
         Ok(ForkResult::Child) => {
             drop(alive_write);
             drop(status_read);
-            pid1(plan, signals, alive_read, status_write)
+            pid1(plan, top.as_ref(), signals, alive_read, status_write)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
@@ -157,7 +162,13 @@ fn forward_until(
 }
 
 /// PID 1 of the container: build it, start the job, forward, reap, exit with the job's status.
-fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd, status: OwnedFd) -> ! {
+fn pid1(
+    plan: &RunPlan,
+    top: Option<&CachedTop>,
+    signals: SigSet,
+    parent_alive: OwnedFd,
+    status: OwnedFd,
+) -> ! {
     // ORDER: the parent-death signal before anything else, then the check that the parent
     // did not die before it was set (its end of the pipe would be closed).
     prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail(format!("prctl(PR_SET_PDEATHSIG): {e}")));
@@ -172,7 +183,7 @@ fn pid1(plan: &RunPlan, signals: SigSet, parent_alive: OwnedFd, status: OwnedFd)
             .unwrap_or_else(|e| fail(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")));
     }
     ns::own_mounts().unwrap_or_else(|e| fail(format!("cannot create a mount namespace: {e}")));
-    mount::build(plan).unwrap_or_else(|e| fail(e));
+    mount::build(plan, top).unwrap_or_else(|e| fail(e));
     if let Some(hostname) = &plan.hostname {
         nix::unistd::sethostname(hostname).unwrap_or_else(|e| fail(format!("sethostname: {e}")));
     }

@@ -180,6 +180,7 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
     let mut plan = RunPlan {
         rootfs: container.rootfs,
         scratch: store.mnt_dir(),
+        top_layers: None,
         writable: container.writable,
         argv: container.argv,
         env,

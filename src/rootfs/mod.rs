@@ -8,6 +8,7 @@
 //! links to them (`share`).
 
 mod share;
+pub mod top;
 
 use std::path::{Path, PathBuf};
 

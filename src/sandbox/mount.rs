@@ -20,6 +20,7 @@ use nix::unistd::{UnlinkatFlags, chdir, pivot_root, symlinkat, unlinkat};
 use thiserror::Error;
 
 use super::plan::{MountOp, RunPlan};
+use crate::rootfs::top::CachedTop;
 use crate::unpack::root::Root;
 
 /// `mount_setattr(2)` attributes (linux/mount.h).
@@ -62,14 +63,20 @@ pub(super) fn fd_path(fd: &OwnedFd) -> PathBuf {
 struct NewRoot {
     root: Root,
     path: PathBuf,
+    /// The root is the unbindable mount itself (not a mount inside an unbindable tmpfs).
+    unbindable: bool,
 }
 
-/// Set up every mount of the plan and make the new root `/`.
-pub fn build(plan: &RunPlan) -> Result<(), MountError> {
+/// Set up every mount of the plan and make the new root `/`; `top` is the image's top layer
+/// when the store keeps it (`plan.top_layers`).
+pub fn build(plan: &RunPlan, top: Option<&CachedTop>) -> Result<(), MountError> {
     // ORDER: first make every mount private, so nothing below propagates to the host.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| error("make private the mounts of", Path::new("/"), e))?;
-    let (new_root, done) = NewRoot::mount_image(plan)?;
+    let (new_root, done) = match top {
+        Some(top) => NewRoot::mount_over_top(plan, top)?,
+        None => NewRoot::mount_image(plan)?,
+    };
     for (op, done) in plan.mounts.iter().zip(done) {
         if !done {
             new_root.apply(op)?;
@@ -86,6 +93,20 @@ pub fn build(plan: &RunPlan) -> Result<(), MountError> {
 }
 
 impl NewRoot {
+    /// The image's overlay under its kept top layer, mounted on the scratch directory itself:
+    /// no tmpfs, nothing to lay out. Returns, for each op of the plan, whether the top layer
+    /// did it.
+    fn mount_over_top(plan: &RunPlan, top: &CachedTop) -> Result<(NewRoot, Vec<bool>), MountError> {
+        let path = plan.scratch.clone();
+        let options = format!("lowerdir={}:{}", layer_path(&top.layer), layer_path(&plan.rootfs));
+        mount_overlay(&path, &options)?;
+        // ORDER: unbindable before any bind, as in `mount_image`; `pivot` makes it private.
+        mount(None::<&str>, &path, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)
+            .map_err(|e| error("make unbindable", &path, e))?;
+        let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
+        Ok((NewRoot { root, path, unbindable: true }, top.done.clone()))
+    }
+
     /// A private tmpfs on the scratch directory, holding the overlay's top layer (read-only
     /// root) or upper and work directories (`--writable-tmpfs`), and the mounted image at
     /// `root/`. Returns, for each op of the plan, whether the top layer already did it.
@@ -120,13 +141,7 @@ impl NewRoot {
                 .map_err(|e| error("prepare the mount points in", &top, e))?;
             (format!("lowerdir={}:{}", layer_path(&top), layer_path(&plan.rootfs)), done)
         };
-        // userxattr: the overlay keeps its own metadata in user.* xattrs, which an
-        // unprivileged mount may write; kernels before 5.11 lack it and get the plain options.
-        let overlay =
-            |options: &str| mount(Some("overlay"), &path, Some("overlay"), MsFlags::empty(), Some(options));
-        overlay(&format!("{options},userxattr"))
-            .or_else(|_| overlay(&options))
-            .map_err(|e| error("mount the image (overlayfs) at", &path, e))?;
+        mount_overlay(&path, &options)?;
         // ORDER: unbindable once the image is mounted (overlayfs refuses an unbindable parent)
         // and before any bind: the scratch directory usually lives under the user's home (the
         // cache), and a recursive bind of the home would copy the whole container tree into
@@ -134,7 +149,7 @@ impl NewRoot {
         mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)
             .map_err(|e| error("make unbindable", scratch, e))?;
         let root = Root::open(&path).map_err(|e| error("open", &path, e))?;
-        Ok((NewRoot { root, path }, done))
+        Ok((NewRoot { root, path, unbindable: false }, done))
     }
 
     fn apply(&self, op: &MountOp) -> Result<(), MountError> {
@@ -303,7 +318,13 @@ impl NewRoot {
         pivot_root(".", ".").map_err(|e| error("pivot_root into", &self.path, e))?;
         umount2(".", MntFlags::MNT_DETACH)
             .map_err(|e| error("detach the host's root from", &self.path, e))?;
-        chdir("/").map_err(|e| error("enter", Path::new("/"), e))
+        chdir("/").map_err(|e| error("enter", Path::new("/"), e))?;
+        if self.unbindable {
+            // The job's root may be bound again (a nested container binds parts of it).
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(|e| error("make private", Path::new("/"), e))?;
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +344,17 @@ fn nvidia_devices() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Mount the image's overlay at `path`. userxattr: the overlay keeps its own metadata in
+/// user.* xattrs, which an unprivileged mount may write; kernels before 5.11 lack it and get
+/// the plain options.
+fn mount_overlay(path: &Path, options: &str) -> Result<(), MountError> {
+    let overlay =
+        |options: &str| mount(Some("overlay"), path, Some("overlay"), MsFlags::empty(), Some(options));
+    overlay(&format!("{options},userxattr"))
+        .or_else(|_| overlay(options))
+        .map_err(|e| error("mount the image (overlayfs) at", path, e))
 }
 
 /// A path in overlayfs's options, where `,` separates options and `:` layers: both, and the

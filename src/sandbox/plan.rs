@@ -66,8 +66,14 @@ pub enum StatsFormat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunPlan {
     pub rootfs: PathBuf,
-    /// An empty directory the init mounts its private tmpfs on (overlay upper, generated files).
+    /// An empty directory the init mounts the container's root on: the image's overlay itself
+    /// where `top_layers` keeps its top layer, else a private tmpfs holding the overlay's top
+    /// (or upper) layer and the overlay.
     pub scratch: PathBuf,
+    /// The store that keeps the image's top layer, made once (`rootfs::top`). None: the top
+    /// layer is laid out at each start in the tmpfs (with `--writable-tmpfs`, whose upper layer
+    /// holds it; for an OCI bundle, whose rootfs may change between runs).
+    pub top_layers: Option<crate::store::Store>,
     pub writable: bool,
     pub argv: Vec<String>,
     /// The job's environment, in order.

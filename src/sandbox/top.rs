@@ -1,8 +1,9 @@
-//! The top layer of a read-only root. Before the image's overlay is mounted, the mount points
-//! and generated files that the image lacks are made in a directory of the scratch tmpfs, and
-//! the overlay stacks it over the image (`lowerdir=TOP:IMAGE`). An overlay with no upper layer
-//! is read-only by itself, and its mount skips overlayfs's work-directory checks; nothing is
-//! ever copied up. That is 0.1 ms of every start (`--writable-tmpfs` keeps the upper layer).
+//! The top layer of a read-only root. The mount points and generated files that the image
+//! lacks are made in a directory, and the overlay stacks it over the image
+//! (`lowerdir=TOP:IMAGE`). An overlay with no upper layer is read-only by itself, and its mount
+//! skips overlayfs's work-directory checks; nothing is ever copied up (`--writable-tmpfs` keeps
+//! the upper layer). The directory is one the store keeps per [`key`] (`rootfs::top`), laid out
+//! by the first start that needs it, or one in the scratch tmpfs, laid out at each start.
 //!
 //! Each path is laid out in the top layer where it lands in the image: the image's symlinks
 //! on the way are followed inside the image, as the mounts themselves follow them (with
@@ -61,6 +62,30 @@ pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool
     }
     layer.finish_dirs()?;
     Ok(done)
+}
+
+/// What `prepare` makes of `ops` over the image at `rootfs`, as a name: the same for every
+/// plan that would lay out the same top layer (the image is immutable, named by its digest),
+/// so one made before can serve (`rootfs::top`). Bump the version when `prepare` changes.
+pub fn key(ops: &[MountOp], rootfs: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new_with_prefix(b"boxrun top layer v1\0");
+    hasher.update(rootfs.as_os_str().as_bytes());
+    for op in ops {
+        let (kind, path, contents): (&[u8], &Path, &str) = match target(op) {
+            None => (b"\0-", Path::new(""), ""),
+            Some(Target::Dir(path)) => (b"\0d", path, ""),
+            Some(Target::File(path)) => (b"\0f", path, ""),
+            Some(Target::Contents(path, contents)) => (b"\0c", path, contents),
+        };
+        hasher.update(kind);
+        hasher.update(path.as_os_str().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(contents.len().to_le_bytes());
+        hasher.update(contents.as_bytes());
+    }
+    // 128 bits: a collision needs 2^64 distinct plans of one user.
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// The target of an op, or None for a bind that will be skipped (optional, source gone).

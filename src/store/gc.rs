@@ -1,4 +1,5 @@
-//! Garbage collection: remove blobs no image record needs, and staging left by killed processes.
+//! Garbage collection: remove blobs no image record needs, the top layers no running container
+//! holds, and staging left by killed processes.
 //!
 //! Every user of the cache holds `locks/gc.lock` shared for the whole of a pull or removal; gc
 //! holds it exclusively, so nothing it deletes can be in use: a blob downloaded but not yet named
@@ -15,6 +16,7 @@ pub struct GcReport {
     pub blobs_removed: usize,
     pub bytes_freed: u64,
     pub rootfs_removed: usize,
+    pub top_layers_removed: usize,
     pub staging_removed: usize,
 }
 
@@ -53,6 +55,14 @@ impl Store {
             if !kept(&name) {
                 remove(&path)?;
                 report.rootfs_removed += 1;
+            }
+        }
+        // Made again by the next start that needs one; those of running containers are kept.
+        if self.top_dir().is_dir() {
+            for (path, _) in list(&self.top_dir())? {
+                if crate::rootfs::top::remove_if_idle(&path)? {
+                    report.top_layers_removed += 1;
+                }
             }
         }
         for (path, _) in list_each(&[self.tmp_dir(), self.data_tmp_dir()])? {

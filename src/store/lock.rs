@@ -29,20 +29,24 @@ static WARNED_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 /// Lock `path` (created if missing), calling `on_wait` once if another process holds it.
 pub fn acquire(path: &Path, mode: Mode, on_wait: impl FnOnce()) -> Result<LockGuard, StoreError> {
     let file = open(path)?;
-    match try_lock(&file, mode) {
-        Ok(()) => Ok(LockGuard { _file: Some(file) }),
+    lock_open(&file, mode, on_wait)?;
+    Ok(LockGuard { _file: Some(file) })
+}
+
+/// Lock a file already open (its lock lasts as long as the file), calling `on_wait` once if
+/// another process holds it. Where the file system refuses flock, the file stays unlocked.
+pub fn lock_open(file: &fs_err::File, mode: Mode, on_wait: impl FnOnce()) -> Result<(), StoreError> {
+    match try_lock(file, mode) {
+        Ok(()) => Ok(()),
         Err(TryLockError::WouldBlock) => {
             on_wait();
             let blocking = match mode {
                 Mode::Shared => file.file().lock_shared(),
                 Mode::Exclusive => file.file().lock(),
             };
-            if let Err(e) = blocking {
-                unsupported_or(path, e)?;
-            }
-            Ok(LockGuard { _file: Some(file) })
+            blocking.or_else(|e| unsupported_or(file.path(), e))
         }
-        Err(TryLockError::Error(e)) => unsupported_or(path, e).map(|()| LockGuard { _file: None }),
+        Err(TryLockError::Error(e)) => unsupported_or(file.path(), e),
     }
 }
 

@@ -7,6 +7,8 @@
 //!          locks/                 flock files: one per blob, `gc.lock` shared by users
 //! <data>/v1/rootfs/<manifest hex>  unpacked images (data defaults to the cache; sites put it
 //!          tmp/, locks/            on node-local disk), with their own staging and locks
+//!          top/<key>/              the images' top layers (mount points, generated files)
+//!          mnt/                    where each container mounts its root (in its own namespace)
 //! ```
 //!
 //! Nothing becomes visible except by `rename` of a complete, verified item, so a process killed
@@ -46,8 +48,8 @@ impl StoreError {
     }
 }
 
-/// A handle on one cache directory.
-#[derive(Clone, Debug)]
+/// A handle on one cache directory (in a run plan too: the init keeps its top layers there).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Store {
     root: PathBuf,
     data: PathBuf,
@@ -91,6 +93,11 @@ impl Store {
     /// namespace: no container sees another's).
     pub fn mnt_dir(&self) -> PathBuf {
         self.data.join("mnt")
+    }
+
+    /// The images' top layers (`rootfs::top`), made when a container first needs one.
+    pub fn top_dir(&self) -> PathBuf {
+        self.data.join("top")
     }
 
     pub fn data_tmp_dir(&self) -> PathBuf {
