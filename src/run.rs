@@ -182,7 +182,7 @@ fn make_plan(
     let mpi_rank = scheduler::is_mpi_rank(&host.by_name);
     let mut mounts = vec![
         MountOp::Proc,
-        MountOp::Dev { private_shm: args.ipc },
+        MountOp::Dev { private_shm: args.ipc, devices: crate::sandbox::dev::host_devices() },
         MountOp::Sys,
         tmp_mount(settings)?,
         MountOp::Tmpfs { dst: "/var/tmp".into(), mode: 0o1777 },

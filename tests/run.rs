@@ -478,3 +478,46 @@ fn a_top_layer_is_made_once_per_plan_and_gc_removes_it_only_when_no_container_ho
     assert_eq!(removed(rig.env.run(&["gc", "--json"]).ok()), 1, "the ended container's layer stayed");
     assert_eq!(top_layers(), 0);
 }
+
+#[test]
+fn host_devices_bound_into_the_container_stay_usable() {
+    let rig = rig();
+    // A device bound with -v reads as itself (not a nodev mount, not replaced by a file).
+    let run = rig.run(&["-v", "/dev/zero:/mnt/zero"], &["sh", "-c", "head -c 3 /mnt/zero | od -An -c"]);
+    assert_eq!(run.ok().stdout.split_whitespace().collect::<Vec<_>>(), ["\\0", "\\0", "\\0"]);
+}
+
+/// NVIDIA's nodes, made on the host (as char devices that behave as /dev/null and /dev/zero)
+/// where the node has no driver, and removed again.
+struct FakeGpu(Vec<&'static str>);
+
+impl FakeGpu {
+    fn new() -> FakeGpu {
+        assert!(common::is_root(), "this test makes device nodes in the host's /dev: run it as root");
+        let mut made = Vec::new();
+        for (name, minor) in [("nvidiactl", 3), ("nvidia0", 5)] {
+            let path = std::ffi::CString::new(format!("/dev/{name}")).unwrap();
+            // SAFETY: mknod reads a NUL-terminated path; EEXIST (a real GPU) leaves it alone.
+            if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) } == 0 {
+                made.push(name);
+            }
+        }
+        FakeGpu(made)
+    }
+}
+
+impl Drop for FakeGpu {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::fs::remove_file(format!("/dev/{name}"));
+        }
+    }
+}
+
+#[test]
+fn the_nodes_gpus_are_in_the_container_and_usable() {
+    let rig = rig();
+    let _gpu = FakeGpu::new();
+    let run = rig.sh(&[], "ls /dev/nvidiactl /dev/nvidia0 && head -c 2 /dev/nvidia0 | busybox wc -c");
+    assert_eq!(run.ok().stdout, "/dev/nvidia0\n/dev/nvidiactl\n2\n");
+}

@@ -223,7 +223,8 @@ fn translate_mount(mount: &SpecMount, bundle: &Path, private_ipc: bool) -> Resul
     } else if dst == Path::new("/proc") && kind == "proc" {
         MountOp::Proc
     } else if dst == Path::new("/dev") && kind == "tmpfs" {
-        MountOp::Dev { private_shm: private_ipc }
+        // The host's devices are the caller's to add (`crate::sandbox::dev::host_devices`).
+        MountOp::Dev { private_shm: private_ipc, devices: Vec::new() }
     } else if dst == Path::new("/sys") && kind == "sysfs" {
         MountOp::Sys
     } else if dst.starts_with("/dev/") && ["devpts", "mqueue", "tmpfs"].contains(&kind)
@@ -318,7 +319,7 @@ mod tests {
             c.mounts,
             [
                 MountOp::Proc,
-                MountOp::Dev { private_shm: true },
+                MountOp::Dev { private_shm: true, devices: Vec::new() },
                 MountOp::Bind { src: "/sys".into(), dst: "/sys".into(), readonly: true, optional: false },
                 MountOp::Bind {
                     src: "/spool/out".into(),

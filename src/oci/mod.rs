@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::cli::{OciArgs, OciCommand};
 use crate::config::Settings;
 use crate::run::identity_files;
-use crate::sandbox::plan::{self, RunPlan};
+use crate::sandbox::plan::{self, MountOp, RunPlan};
 use crate::state::{self, ContainerState};
 use crate::store::Store;
 
@@ -166,6 +166,11 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
             .map_err(|e| OciError::Rlimit(resource, soft, e))?;
     }
     let mut mounts = container.mounts;
+    for op in &mut mounts {
+        if let MountOp::Dev { devices, .. } = op {
+            *devices = crate::sandbox::dev::host_devices();
+        }
+    }
     mounts.extend(identity_files(&container.rootfs, &user, container.fakeroot));
     let extra = plan::protect(&mounts, &crate::run::protected_dirs(&settings));
     mounts.extend(extra);

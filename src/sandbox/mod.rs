@@ -2,6 +2,7 @@
 //! container's file system ([`mount`], over the image's [`top`] layer) and the lock-down
 //! ([`lockdown`]), applied by the single-threaded init (`crate::init`).
 
+pub mod dev;
 pub mod lockdown;
 pub mod mount;
 pub mod net;

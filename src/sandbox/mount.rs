@@ -13,15 +13,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, mkdirat, mknodat};
-use nix::unistd::{UnlinkatFlags, chdir, pivot_root, symlinkat, unlinkat};
+use nix::unistd::{chdir, pivot_root};
 use thiserror::Error;
 
+use super::dev::{self, Device};
 use super::plan::{MountOp, RunPlan};
 use crate::rootfs::top::CachedTop;
-use crate::unpack::root::Root;
+use crate::unpack::root::{Root, in_root};
 
 /// `mount_setattr(2)` attributes (linux/mount.h).
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -29,12 +29,8 @@ const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
-/// Host device nodes every container gets.
-const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Parts of /proc that reconfigure the kernel: read-only inside.
 const PROC_READ_ONLY: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
-/// HPC devices bound when the node has them (GPUs, InfiniBand, AMD compute).
-const HPC_DEVICES: [&str; 3] = ["infiniband", "kfd", "dri"];
 
 #[derive(Debug, Error)]
 #[error("cannot {action} {path}: {source}{hint}")]
@@ -78,9 +74,7 @@ pub fn build(plan: &RunPlan, top: Option<&CachedTop>) -> Result<(), MountError> 
         None => NewRoot::mount_image(plan)?,
     };
     for (op, done) in plan.mounts.iter().zip(done) {
-        if !done {
-            new_root.apply(op)?;
-        }
+        new_root.apply(op, done)?;
     }
     // ORDER: read-only only after every mount point was created in the overlay.
     let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -152,10 +146,12 @@ impl NewRoot {
         Ok((NewRoot { root, path, unbindable: false }, done))
     }
 
-    fn apply(&self, op: &MountOp) -> Result<(), MountError> {
+    /// Apply `op`; `done`: the top layer did what it could of it (all, but for /dev's binds).
+    fn apply(&self, op: &MountOp, done: bool) -> Result<(), MountError> {
         match op {
+            MountOp::Dev { private_shm, devices } => self.dev(*private_shm, devices, done),
+            _ if done => Ok(()),
             MountOp::Proc => self.proc(),
-            MountOp::Dev { private_shm } => self.dev(*private_shm),
             MountOp::Sys => {
                 let target = self.dir(Path::new("/sys"))?;
                 bind(Path::new("/sys"), &target, true)?;
@@ -194,17 +190,22 @@ impl NewRoot {
         }
     }
 
-    /// Bind a host path (file or directory) at `dst` inside the new root.
+    /// Bind a host path (file or directory) at `dst` inside the new root, nosuid, and nodev
+    /// unless it comes from the host's /dev (a device bound with `-v` must stay usable).
     fn bind_host(&self, src: &Path, dst: &Path, readonly: bool) -> Result<(), MountError> {
         let is_dir = fs_err::metadata(src).map_err(|e| error("find the bind source", src, e))?.is_dir();
         let target = if is_dir { self.dir(dst)? } else { self.file(dst)? };
         bind(src, &target, true)?;
-        let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        let mut attrs = MOUNT_ATTR_NOSUID;
+        if !src.starts_with("/dev") {
+            attrs |= MOUNT_ATTR_NODEV;
+        }
         if readonly {
             attrs |= MOUNT_ATTR_RDONLY;
         }
-        // The fd is the mount point under the new mount: look the path up again.
-        let mounted = if is_dir { self.dir(dst)? } else { self.file(dst)? };
+        // The fd is the mount point under the new mount: look the path up again (only look:
+        // what is there now is the source, a device say, which must not be replaced).
+        let mounted = if is_dir { self.dir(dst)? } else { self.mounted_file(dst)? };
         set_attrs(&mounted, dst, attrs, true)
     }
 
@@ -214,6 +215,12 @@ impl NewRoot {
 
     fn file(&self, dst: &Path) -> Result<OwnedFd, MountError> {
         self.root.mountpoint_file(relative(dst)).map_err(|e| error("create the mount point", dst, e))
+    }
+
+    /// The file mounted at `dst`, as an `O_PATH` fd.
+    fn mounted_file(&self, dst: &Path) -> Result<OwnedFd, MountError> {
+        let how = in_root(OFlag::O_PATH | OFlag::O_NOFOLLOW);
+        openat2(self.root.fd(), relative(dst), how).map_err(|e| error("open", dst, e))
     }
 
     /// A procfs of the new PID namespace; a bind of the host's where the host hides parts of
@@ -229,75 +236,58 @@ impl NewRoot {
         }
         // Kernel knobs stay read-only even to a --fakeroot job: /proc/sys and friends are
         // bound over themselves and made read-only, as docker and bwrap do.
+        // The procfs was just mounted here, by us: its paths lead to nothing an image placed,
+        // and nothing is mounted below them. Two calls each: a bind, then its read-only
+        // remount, keeping the procfs's own flags (a remount may not drop them in a user
+        // namespace). One the kernel lacks is skipped.
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         for knob in PROC_READ_ONLY {
             let path = self.path.join("proc").join(knob);
-            if fs_err::symlink_metadata(&path).is_err() {
-                continue;
+            match mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+                Ok(()) => {}
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(error("bind-mount", &path, e)),
             }
-            mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| error("bind-mount", &path, e))?;
-            let fd =
-                nix::fcntl::open(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                    .map_err(|e| error("open", &path, e))?;
-            set_attrs(
-                &fd,
-                &Path::new("/proc").join(knob),
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                true,
-            )?;
+            let read_only = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags;
+            mount(None::<&str>, &path, None::<&str>, read_only, None::<&str>)
+                .map_err(|e| error("make read-only", &Path::new("/proc").join(knob), e))?;
         }
         Ok(())
     }
 
-    /// A tmpfs with the host's harmless nodes bound in, a devpts, /dev/shm, the node's HPC
-    /// devices and the usual links. Everything is made by name in the fresh tmpfs, opened
-    /// once: it holds nothing an image or a user could have placed.
-    fn dev(&self, private_shm: bool) -> Result<(), MountError> {
-        let dev = self.dir(Path::new("/dev"))?;
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-        mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
-            .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
+    /// /dev: the host's `devices`, each bound over its mount point; a devpts; /dev/shm. The
+    /// mount points and links are the top layer's (`laid_out`), or made now in a fresh tmpfs
+    /// on /dev, opened once: either way they hold nothing an image or a user could have placed.
+    fn dev(&self, private_shm: bool, devices: &[Device], laid_out: bool) -> Result<(), MountError> {
+        if !laid_out {
+            let dev = self.dir(Path::new("/dev"))?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+            mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
+                .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
+        }
         let dev_dir =
             self.root.dir(Path::new("dev"), false).map_err(|e| error("open", Path::new("/dev"), e))?;
-        let in_dev = |name: &str| fd_path(&dev_dir).join(name);
-        for node in DEV_NODES {
-            let host = Path::new("/dev").join(node);
-            mknodat(&dev_dir, node, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0)
-                .map_err(|e| error("create the mount point", &host, e))?;
-            match mount(Some(&host), &in_dev(node), None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        if !laid_out {
+            dev::lay_out(&dev_dir, devices).map_err(|e| error("lay out", Path::new("/dev"), e))?;
+        }
+        for device in devices {
+            let host = Path::new("/dev").join(&device.name);
+            // The host's flags stay (its /dev is nosuid); nodev would make the devices useless.
+            let flags = if device.dir { MsFlags::MS_BIND | MsFlags::MS_REC } else { MsFlags::MS_BIND };
+            let target = fd_path(&dev_dir).join(&device.name);
+            match mount(Some(&host), &target, None::<&str>, flags, None::<&str>) {
                 Ok(()) => {}
-                // The host lacks it (the target was just made): the container does too.
-                Err(Errno::ENOENT) => drop(unlinkat(&dev_dir, node, UnlinkatFlags::NoRemoveDir)),
+                // Gone from the host since the plan listed it: the container goes without.
+                Err(Errno::ENOENT) => {}
                 Err(e) => return Err(error("bind-mount", &host, e)),
             }
         }
-        for dir in ["pts", "shm"] {
-            mkdirat(&dev_dir, dir, Mode::from_bits_truncate(0o755))
-                .map_err(|e| error("create the mount point", &Path::new("/dev").join(dir), e))?;
-        }
         self.devpts()?;
         if private_shm {
-            self.apply(&MountOp::Tmpfs { dst: "/dev/shm".into(), mode: 0o1777 })?;
+            self.apply(&MountOp::Tmpfs { dst: "/dev/shm".into(), mode: 0o1777 }, false)
         } else {
-            self.bind_host(Path::new("/dev/shm"), Path::new("/dev/shm"), false)?;
+            self.bind_host(Path::new("/dev/shm"), Path::new("/dev/shm"), false)
         }
-        for device in HPC_DEVICES.iter().map(|d| format!("/dev/{d}")).chain(nvidia_devices()) {
-            let device = PathBuf::from(device);
-            if fs_err::metadata(&device).is_ok() {
-                self.bind_host(&device, &device, false)?;
-            }
-        }
-        for (name, target) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-            ("ptmx", "pts/ptmx"),
-        ] {
-            symlinkat(target, &dev_dir, name)
-                .map_err(|e| error("create", &Path::new("/dev").join(name), e))?;
-        }
-        Ok(())
     }
 
     /// A new devpts instance (its own pty numbers); the host's if the kernel refuses one.
@@ -326,24 +316,6 @@ impl NewRoot {
         }
         Ok(())
     }
-}
-
-/// The NVIDIA GPU nodes (nvidia0.., nvidiactl, nvidia-uvm..): none without the driver's
-/// control node, and then /dev need not be listed.
-fn nvidia_devices() -> Vec<String> {
-    if !Path::new("/dev/nvidiactl").exists() {
-        return Vec::new();
-    }
-    fs_err::read_dir("/dev")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("nvidia"))
-                .map(|name| format!("/dev/{name}"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Mount the image's overlay at `path`. userxattr: the overlay keeps its own metadata in

@@ -31,9 +31,14 @@ pub enum PlanError {
 pub enum MountOp {
     /// A fresh procfs for the new PID namespace at /proc.
     Proc,
-    /// A tmpfs /dev with the host's null, zero, full, random, urandom and tty, a new devpts,
-    /// /dev/shm (the host's, for MPI, unless `private_shm`), and HPC devices that exist.
-    Dev { private_shm: bool },
+    /// /dev with the host's `devices` (null, zero, full, random, urandom and tty, and the HPC
+    /// devices the node has: [`super::dev::host_devices`]), a new devpts, and /dev/shm (the
+    /// host's, for MPI, unless `private_shm`).
+    Dev {
+        private_shm: bool,
+        #[serde(default)]
+        devices: Vec<super::dev::Device>,
+    },
     /// The host's /sys, read-only.
     Sys,
     /// An empty tmpfs (private /tmp and /var/tmp).

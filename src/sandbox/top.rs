@@ -24,19 +24,23 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
+use super::dev::{self, Device};
 use super::plan::MountOp;
 use crate::unpack::entry::ImagePath;
 use crate::unpack::root::{IN_ROOT, Root, in_root};
 
 /// What a plan's operation needs in the root.
 enum Target<'a> {
+    /// /dev, laid out with mount points for these devices (`dev::lay_out`).
+    Dev(&'a [Device]),
     Dir(&'a Path),
     File(&'a Path),
     Contents(&'a Path, &'a str),
 }
 
 /// Lay out in `top` what `ops` need that `image` lacks; returns, for each op, whether it is
-/// done (a generated file written here; the mounts are all still to be made).
+/// done (a generated file written here, or /dev laid out for its binds; the other mounts are
+/// all still to be made).
 pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool>> {
     // The root is the top layer's own directory, and the overlay shows its mode and mtime.
     let made = BTreeSet::from([PathBuf::new()]);
@@ -55,8 +59,11 @@ pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool
             continue;
         };
         let under_mount = mounted.iter().any(|m| landing.path.starts_with(m));
-        if !matches!(target, Target::Contents(..)) {
-            mounted.push(landing.path.clone());
+        match target {
+            Target::Contents(..) => {}
+            // /dev is laid out here, not mounted: only devpts and /dev/shm are mounts in it.
+            Target::Dev(_) => mounted.extend(dev::DIRS.map(|dir| landing.path.join(dir))),
+            _ => mounted.push(landing.path.clone()),
         }
         done.push(!under_mount && layer.make(&target, &landing)?);
     }
@@ -67,32 +74,35 @@ pub fn prepare(ops: &[MountOp], image: &Root, top: &Root) -> io::Result<Vec<bool
 /// What `prepare` makes of `ops` over the image at `rootfs`, as a name: the same for every
 /// plan that would lay out the same top layer (the image is immutable, named by its digest),
 /// so one made before can serve (`rootfs::top`). Bump the version when `prepare` changes.
+///
+/// Two SipHash passes, 128 bits: a collision needs some 2^64 plans of one user, and no one
+/// gains from making one (the layers are the user's own). Not SHA-256: its first use asks the
+/// CPU for its features (`cpuid`), which traps to the hypervisor in a VM: 60 µs of a start.
+/// std's hasher may change with the toolchain; the layers are then made anew, nothing worse.
 pub fn key(ops: &[MountOp], rootfs: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new_with_prefix(b"boxrun top layer v1\0");
-    hasher.update(rootfs.as_os_str().as_bytes());
-    for op in ops {
-        let (kind, path, contents): (&[u8], &Path, &str) = match target(op) {
-            None => (b"\0-", Path::new(""), ""),
-            Some(Target::Dir(path)) => (b"\0d", path, ""),
-            Some(Target::File(path)) => (b"\0f", path, ""),
-            Some(Target::Contents(path, contents)) => (b"\0c", path, contents),
-        };
-        hasher.update(kind);
-        hasher.update(path.as_os_str().as_bytes());
-        hasher.update(b"\0");
-        hasher.update(contents.len().to_le_bytes());
-        hasher.update(contents.as_bytes());
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut halves = [DefaultHasher::new(), DefaultHasher::new()];
+    for (salt, hasher) in halves.iter_mut().enumerate() {
+        (salt, "boxrun top layer v1", rootfs).hash(hasher);
     }
-    // 128 bits: a collision needs 2^64 distinct plans of one user.
-    hex::encode(&hasher.finalize()[..16])
+    for op in ops {
+        let target = match target(op) {
+            None => (0u8, Path::new(""), None, None),
+            Some(Target::Dir(path)) => (1, path, None, None),
+            Some(Target::File(path)) => (2, path, None, None),
+            Some(Target::Contents(path, contents)) => (3, path, Some(contents), None),
+            Some(Target::Dev(devices)) => (4, Path::new("/dev"), None, Some(devices)),
+        };
+        halves.iter_mut().for_each(|hasher| target.hash(hasher));
+    }
+    format!("{:016x}{:016x}", halves[0].finish(), halves[1].finish())
 }
 
 /// The target of an op, or None for a bind that will be skipped (optional, source gone).
 fn target(op: &MountOp) -> Option<Target<'_>> {
     Some(match op {
         MountOp::Proc => Target::Dir(Path::new("/proc")),
-        MountOp::Dev { .. } => Target::Dir(Path::new("/dev")),
+        MountOp::Dev { devices, .. } => Target::Dev(devices),
         MountOp::Sys => Target::Dir(Path::new("/sys")),
         MountOp::Tmpfs { dst, .. } => Target::Dir(dst),
         MountOp::Bind { src, dst, optional, .. } => match fs_err::metadata(src) {
@@ -128,12 +138,13 @@ impl Layer<'_> {
     fn land(&self, target: &Target) -> io::Result<Landing> {
         let path = match target {
             Target::Dir(path) | Target::File(path) | Target::Contents(path, _) => path,
+            Target::Dev(_) => Path::new("/dev"),
         };
         if path.components().any(|c| c == Component::ParentDir) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         let path = path.strip_prefix("/").unwrap_or(path);
-        if let Target::Dir(_) = target {
+        if let Target::Dir(_) | Target::Dev(_) = target {
             let (path, fd) = self.land_dir(path)?;
             let existing = fd.map(|fd| fstat(&fd).map(|stat| file_type(stat.st_mode))).transpose()?;
             return Ok(Landing { path, existing });
@@ -201,8 +212,8 @@ impl Layer<'_> {
     }
 
     /// Make `target` at its landing in the top layer unless the image has it already (or has
-    /// something of another type there, which the mount will then refuse). Returns whether a
-    /// generated file was written.
+    /// something of another type there, which the mount will then refuse). Returns whether the
+    /// op is done here: a generated file written, or /dev laid out (its binds still to make).
     fn make(&mut self, target: &Target, landing: &Landing) -> io::Result<bool> {
         let (path, existing) = (&landing.path, landing.existing);
         let parent = || path.parent().unwrap_or(Path::new(""));
@@ -230,6 +241,14 @@ impl Layer<'_> {
                 }
                 Ok(false)
             }
+            // Over the image's /dev: its entries and the layer's show together.
+            Target::Dev(devices) => match existing {
+                None | Some(SFlag::S_IFDIR) => {
+                    dev::lay_out(&self.dir(path)?, devices)?;
+                    Ok(true)
+                }
+                Some(_) => Ok(false),
+            },
             Target::Contents(_, contents) => {
                 if existing == Some(SFlag::S_IFDIR) {
                     return Ok(false);

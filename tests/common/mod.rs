@@ -47,7 +47,7 @@ fn require_tool(tool: &str, package: &str) {
     assert!(found, "`{tool}` is missing: apt-get install {package} (or run tests/run)");
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
