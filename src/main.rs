@@ -13,11 +13,16 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Warnings always; `-v` adds debug, `-vv` trace. `BOXRUN_LOG` (e.g. `debug`) does the same.
+/// `-v` prints debug detail, `-vv` trace; `BOXRUN_LOG` (e.g. `debug`) does the same. Without
+/// either no subscriber is set up (40 µs of every start): tracing is for debug detail only, and
+/// warnings and errors are printed where they arise.
 fn init_logging(verbose: u8) {
-    let from_env = std::env::var("BOXRUN_LOG").ok().and_then(|v| v.parse().ok());
+    let from_env = || std::env::var("BOXRUN_LOG").ok().and_then(|v| v.parse().ok());
     let level = match verbose {
-        0 => from_env.unwrap_or(tracing::Level::WARN),
+        0 => match from_env() {
+            Some(level) => level,
+            None => return,
+        },
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };

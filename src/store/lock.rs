@@ -83,8 +83,8 @@ fn unsupported_or(path: &Path, error: io::Error) -> Result<(), StoreError> {
         return Err(StoreError::io("lock", path, error));
     }
     if !WARNED_UNSUPPORTED.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "the file system of {} does not support flock; going on without locks (mount it with -o flock to avoid duplicate downloads)",
+        eprintln!(
+            "boxrun: warning: the file system of {} does not support flock; going on without locks (mount it with -o flock to avoid duplicate downloads)",
             path.display()
         );
     }
