@@ -22,10 +22,9 @@ use crate::progress::{self, Progress};
 use crate::pull::{PullOptions, pull};
 use crate::reference::Reference;
 use crate::rootfs;
-use crate::sandbox::plan::{self, MountOp, Namespaces, PlanError, RunPlan, StatsFormat, User};
+use crate::sandbox::plan::{self, MountOp, Namespaces, PlanError, Record, RunPlan, StatsFormat, User};
 use crate::sandbox::seccomp::{self, Seccomp};
 use crate::scheduler::{self, Job};
-use crate::state::{self, ContainerState};
 use crate::store::Store;
 use crate::store::refs::ImageRecord;
 
@@ -48,8 +47,10 @@ pub fn run(settings: &Settings, store: &Store, args: RunArgs) -> Result<i32, cra
     let (rootfs, built) = rootfs::ensure(store, &record, &progress)?;
     let host = HostEnv::read();
     let mut plan = make_plan(settings, store, &record, rootfs, &args, &host)?;
-    let state_file = register(&mut plan, &record, args.name.clone(), &host.by_name)?;
-    Err(start(&plan, !pulled && !built, &state_file))
+    let job = Job::detect(&host.by_name);
+    let name = args.name.clone().unwrap_or_else(|| job.container_name());
+    plan.record = Some(Record::Register { name, image: record.reference.clone(), job: job.id() });
+    Err(start(&plan, !pulled && !built))
 }
 
 /// The cached record of `reference`, or a pull's; and whether this process pulled. Jobs that
@@ -80,12 +81,14 @@ fn record_or_pull(
 /// Start the container of `plan`; returns only on failure. When this process started no
 /// thread (`may_start_here`: nothing was pulled or unpacked), it enters the namespaces itself,
 /// saving an exec; otherwise a fresh single-threaded exec of boxrun does.
-pub(crate) fn start(plan: &RunPlan, may_start_here: bool, state_file: &Path) -> crate::Error {
+pub(crate) fn start(plan: &RunPlan, may_start_here: bool) -> crate::Error {
     if may_start_here && single_threaded() {
         crate::init::start(plan);
     }
     let error = exec_init(plan);
-    drop(fs_err::remove_file(state_file)); // the container never started
+    if let Some(Record::File(record)) = &plan.record {
+        drop(fs_err::remove_file(record)); // the container never started
+    }
     crate::Error::Run(error)
 }
 
@@ -105,31 +108,6 @@ impl HostEnv {
         let by_name = vars.iter().cloned().collect();
         HostEnv { vars, by_name }
     }
-}
-
-/// Record the container for `boxrun ps` under its name (from `--name` or the scheduler's job)
-/// and tell the job that name in `BOXRUN_CONTAINER`.
-fn register(
-    plan: &mut RunPlan,
-    record: &ImageRecord,
-    name: Option<String>,
-    host: &HashMap<String, String>,
-) -> Result<PathBuf, crate::Error> {
-    let job = Job::detect(host);
-    let mut state = ContainerState::of_this_process(
-        name.unwrap_or_else(|| job.container_name()),
-        record.reference.clone(),
-        job.id(),
-        plan.argv.clone(),
-    );
-    let path = state::register(&mut state)?;
-    for (key, value) in plan.env.iter_mut() {
-        if key == "BOXRUN_CONTAINER" {
-            *value = state.name.clone();
-        }
-    }
-    plan.state_file = Some(path.clone());
-    Ok(path)
 }
 
 /// `boxrun wrap -- CMD...`: run CMD in the image the scheduler's environment names, with the
@@ -263,7 +241,7 @@ fn make_plan(
         seccomp: seccomp_choice(settings, args.seccomp.as_deref(), args.allow_nested)?,
         keep_caps: settings.fakeroot_capabilities.clone(),
         report: args.security_report,
-        state_file: None,
+        record: None,
     })
 }
 

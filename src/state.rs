@@ -100,15 +100,15 @@ impl ContainerState {
     }
 }
 
-/// Record a starting container under its name (suffixed `-2`, `-3`… if a live container has
-/// it already); the file's path, for the relay to remove at the end.
-pub fn register(state: &mut ContainerState) -> Result<PathBuf, StateError> {
+/// Record a starting container in the state directory `dir` under its name (suffixed `-2`,
+/// `-3`… if a live container has it already); the file's path, for the relay to remove at the end.
+pub fn register(dir: &Path, state: &mut ContainerState) -> Result<PathBuf, StateError> {
     let base = state.name.clone();
     for n in 1.. {
         if n > 1 {
             state.name = format!("{base}-{n}");
         }
-        match register_exact(state) {
+        match register_exact(dir, state) {
             Err(StateError::Taken(_)) => continue,
             result => return result,
         }
@@ -116,10 +116,9 @@ pub fn register(state: &mut ContainerState) -> Result<PathBuf, StateError> {
     unreachable!("an unused name exists")
 }
 
-/// Record a starting container under exactly its name (an OCI id), unless a live container
-/// has it.
-pub fn register_exact(state: &ContainerState) -> Result<PathBuf, StateError> {
-    let dir = dir()?;
+/// Record a starting container in `dir` under exactly its name (an OCI id), unless a live
+/// container has it.
+pub fn register_exact(dir: &Path, state: &ContainerState) -> Result<PathBuf, StateError> {
     let path = dir.join(format!("{}.json", state.name));
     if read(&path).is_some_and(|existing| existing.alive()) {
         return Err(StateError::Taken(state.name.clone()));

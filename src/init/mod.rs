@@ -14,6 +14,7 @@
 //! container's mounts down, which no one needs to wait for. For that, the mount namespace is PID
 //! 1's alone (`ns::own_mounts`): the relay, in the host's, does not pay the teardown in its exit.
 
+mod record;
 mod wait;
 
 use std::ffi::CString;
@@ -75,6 +76,7 @@ pub fn start(plan: &RunPlan) -> ! {
     // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
+    let recording = record::prepare(plan.record.as_ref());
     ns::enter(plan).unwrap_or_else(|e| fail(e));
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
@@ -87,15 +89,17 @@ pub fn start(plan: &RunPlan) -> ! {
         Ok(ForkResult::Child) => {
             drop(alive_write);
             drop(status_read);
-            pid1(plan, top.as_ref(), signals, alive_read, status_write)
+            let name_pipe = recording.into_name_pipe();
+            pid1(plan, top.as_ref(), signals, alive_read, status_write, name_pipe)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
             drop(status_write);
+            let record = recording.write(child, &plan.argv);
             let code = relay(child, signals, status_read);
             // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead). The relay
             // is in the host's mount namespace: the path still names the record.
-            if let Some(record) = &plan.state_file {
+            if let Some(record) = record {
                 drop(fs_err::remove_file(record));
             }
             drop(alive_write);
@@ -168,6 +172,7 @@ fn pid1(
     signals: SigSet,
     parent_alive: OwnedFd,
     status: OwnedFd,
+    name_pipe: Option<OwnedFd>,
 ) -> ! {
     // ORDER: the parent-death signal before anything else, then the check that the parent
     // did not die before it was set (its end of the pipe would be closed).
@@ -206,8 +211,9 @@ fn pid1(
         caps::CapsHashSet::new()
     };
     lockdown::apply(&keep, &plan.seccomp).unwrap_or_else(|e| fail(e));
+    let container = name_pipe.map(record::recorded_name);
     let start = Instant::now();
-    let job = start_job(plan);
+    let job = start_job(plan, container.as_deref());
     let code = supervise(job, signals);
     if plan.namespaces.host_pid {
         kill_leftovers();
@@ -321,10 +327,11 @@ fn kill_leftovers() {
     }
 }
 
-/// Start the job. `--security-report` prints from a forked child; a command is spawned.
-fn start_job(plan: &RunPlan) -> Pid {
+/// Start the job, told it runs in the container named `container` when the relay recorded
+/// one. `--security-report` prints from a forked child; a command is spawned.
+fn start_job(plan: &RunPlan, container: Option<&str>) -> Pid {
     if !plan.report {
-        return spawn_job(plan);
+        return spawn_job(plan, container);
     }
     // SAFETY: PID 1 is single-threaded.
     match unsafe { fork() } {
@@ -343,7 +350,7 @@ fn start_job(plan: &RunPlan) -> Pid {
 /// nor torn down by its exec, which a fork would do. The job starts with no signal blocked and
 /// SIGPIPE back to its default: Rust's runtime ignores SIGPIPE in boxrun, and an ignored signal
 /// stays ignored across exec (`cmd | head` would then end in EPIPE errors instead of quietly).
-fn spawn_job(plan: &RunPlan) -> Pid {
+fn spawn_job(plan: &RunPlan, container: Option<&str>) -> Pid {
     let command = &plan.argv[0];
     let path = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v);
     let Some(program) = find_program(command, path) else {
@@ -352,7 +359,11 @@ fn spawn_job(plan: &RunPlan) -> Pid {
     };
     let cstring = |s: &str| CString::new(s).unwrap_or_else(|_| fail(format!("'{s}' contains a NUL byte")));
     let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a)).collect();
-    let env: Vec<CString> = plan.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect();
+    let variable = |(k, v): &(String, String)| match container {
+        Some(name) if k == "BOXRUN_CONTAINER" => format!("{k}={name}"),
+        _ => format!("{k}={v}"),
+    };
+    let env: Vec<CString> = plan.env.iter().map(|kv| cstring(&variable(kv))).collect();
     let spawned = job_attributes().and_then(|attributes| {
         posix_spawn(program.as_path(), &PosixSpawnFileActions::init()?, &attributes, &argv, &env)
     });

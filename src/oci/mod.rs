@@ -201,16 +201,16 @@ fn run(bundle: &Path, id: &str) -> Result<i32, crate::Error> {
         seccomp: crate::run::seccomp_choice(&settings, None, false)?,
         keep_caps: settings.fakeroot_capabilities.clone(),
         report: false,
-        state_file: None,
+        record: None,
     };
     let job = crate::scheduler::Job::detect(&plan.env.iter().cloned().collect()).id();
     let mut record =
         ContainerState::of_this_process(id.into(), bundle.display().to_string(), job, plan.argv.clone());
     record.bundle = Some(bundle);
-    let state_file = state::register_exact(&record).map_err(|e| match e {
+    let state_file = state::register_exact(&state::dir()?, &record).map_err(|e| match e {
         state::StateError::Taken(_) => crate::Error::from(OciError::Exists(id.into())),
         other => other.into(),
     })?;
-    plan.state_file = Some(state_file.clone());
-    Err(crate::run::start(&plan, true, &state_file))
+    plan.record = Some(plan::Record::File(state_file));
+    Err(crate::run::start(&plan, true))
 }

@@ -100,8 +100,18 @@ pub struct RunPlan {
     pub keep_caps: Vec<String>,
     /// Instead of the job, print what the container looks like from inside (`--security-report`).
     pub report: bool,
-    /// The `boxrun ps` record, removed by the relay when the container ends.
-    pub state_file: Option<PathBuf>,
+    /// How the container shows in `boxrun ps`; the relay removes the record when it ends.
+    pub record: Option<Record>,
+}
+
+/// How a container is recorded for `boxrun ps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// Recorded already, in this file (`boxrun oci run`: its id must be free before it starts).
+    File(PathBuf),
+    /// To be recorded by the relay while PID 1 builds the container: as `name`, or `name-2`…
+    /// where a live container has that name; the job's `BOXRUN_CONTAINER` says which.
+    Register { name: String, image: String, job: Option<String> },
 }
 
 /// Read-only binds over the parts of `protected` (the cache, the unpacked images) that the
