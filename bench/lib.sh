@@ -11,6 +11,13 @@ bench_setup() {
     chmod 755 "$work"
     bash scripts/cargo-static build --release --locked -q
     install -m 755 "$(bash scripts/cargo-static --release-binary)" "$work/boxrun"
+    bench_registry "$work"
+}
+
+# bench_registry WORKDIR: build the test images; start the registry (REGISTRY, stopped on exit)
+# and push tiny and layered to it.
+bench_registry() {
+    work=$1
     bash images/build.sh "$work/images"
     bench_tls "$work/tls"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
