@@ -65,12 +65,13 @@ fn link_unwinder_statically() {
 /// touches costs a page fault (2-4 us on a VM; fault-around maps the rest of the 64 KB), and PID 1
 /// takes its own again after fork, which copies no page table entries of a file mapping.
 /// Scattered over 5.2 MB of text, the start's code took 72 faults per start; laid out together,
-/// 16: 0.3 ms of a 3.5 ms start (README, Performance). rust-lld, the default linker of rustc's
+/// 14: 0.3 ms of a 3.4 ms start (README, Performance). rust-lld, the default linker of rustc's
 /// x86_64-linux-gnu, reads the list.
 ///
 /// The list names mangled symbols, whose hashes come from the rustc and from cargo's -C metadata,
-/// which hashes Cargo.toml's package, profile and dependencies and Cargo.lock's versions. Its
-/// first lines name the rustc and a hash of both files; a build where either differs links
+/// which hashes Cargo.toml's package, profile and dependencies, Cargo.lock's versions and each
+/// crate's features (Cargo.toml's rustix says why that matters for `cargo test`). Its
+/// first lines name the rustc and a hash of both files; a build where any of them differs links
 /// without it (its names would match little) and says so.
 fn order_warm_start_symbols() {
     const LIST: &str = "build/warm-start.order";
