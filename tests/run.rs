@@ -99,6 +99,18 @@ fn a_writer_into_a_closed_pipe_dies_of_sigpipe_as_outside() {
 }
 
 #[test]
+fn a_job_started_with_stdin_and_stderr_closed_has_dev_null_there() {
+    // boxrun opens /dev/null on a closed 0, 1 or 2 before anything else, as Rust's runtime
+    // would: the first files it opens must not take those numbers, nor the job inherit them.
+    let rig = rig();
+    let mut boxrun = rig.env.boxrun_under(&["sh", "-c", "exec \"$@\" <&- 2>&-", "sh"]);
+    let script = "readlink /proc/self/fd/0; readlink /proc/self/fd/2";
+    let output = boxrun.args([&rig.tiny, "sh", "-c", script]).current_dir(rig.env.work()).output().unwrap();
+    let run = Run::from(output);
+    assert_eq!(run.ok().stdout, "/dev/null\n/dev/null\n");
+}
+
+#[test]
 fn sigterm_reaches_the_jobs_handler() {
     let rig = rig();
     let ready = rig.env.fifo("ready");
