@@ -43,12 +43,15 @@ pub struct ContainerState {
     pub bundle: Option<PathBuf>,
 }
 
-/// The state directory, created 0700 if missing.
+/// The state directory, created 0700 if missing. `$XDG_RUNTIME_DIR` counts only where it is a
+/// directory: a batch job inherits the login node's (sbatch exports the environment), and the
+/// compute node, with no login session, has no /run/user/UID.
 pub fn dir() -> Result<PathBuf, StateError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let uid = nix::unistd::getuid().as_raw();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(runtime) => PathBuf::from(runtime).join("boxrun"),
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = match runtime.filter(|runtime| runtime.is_dir()) {
+        Some(runtime) => runtime.join("boxrun"),
         None => PathBuf::from(format!("/tmp/boxrun-{uid}")),
     };
     // std's DirBuilder (fs_err has none): its error is mapped to one naming the path below.

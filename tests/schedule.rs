@@ -46,6 +46,17 @@ fn ps_lists_a_running_container_named_after_its_slurm_job_and_kill_signals_it() 
 }
 
 #[test]
+fn a_batch_job_that_inherited_the_login_nodes_xdg_runtime_dir_still_runs() {
+    // sbatch exports the submitting shell's environment, and the compute node has no login
+    // session, so no /run/user/UID: the record goes to /tmp/boxrun-UID instead.
+    let rig = rig();
+    let mut command = rig.env.boxrun();
+    command.env("XDG_RUNTIME_DIR", rig.env.path("run/user/no-session-here"));
+    command.args([&rig.tiny, "echo", "ran"]).current_dir(rig.env.work());
+    assert_eq!(Run::from(command.output().unwrap()).ok().stdout, "ran\n");
+}
+
+#[test]
 fn a_container_killed_with_boxrun_leaves_ps_and_another_user_sees_nothing() {
     let rig = rig();
     let ready = rig.env.fifo("ready");
