@@ -37,6 +37,20 @@ YAML
     bench_push "$work/images/layered" layered
 }
 
+# bench_home RUN: a home for the bench user under RUN (HOME, XDG_RUNTIME_DIR, a boxrun config
+# trusting the registry's CA; everything under RUN becomes the user's), and as_user: the command
+# prefix that runs what follows as that user there.
+bench_home() {
+    local run=$1
+    mkdir -p "$run/home/.config/boxrun" "$run/xdg"
+    chmod 700 "$run/xdg"
+    printf '[registries."%s"]\nca_file = "%s"\n' "$REGISTRY" "$work/tls/ca.pem" > "$run/home/.config/boxrun/config.toml"
+    chown -R "$BENCH_USER:" "$run"
+    # One line: bench/compare reads it into an array with `read`.
+    as_user="setpriv --reuid $BENCH_USER --regid $BENCH_USER --init-groups -- env -i PATH=/usr/bin:/bin"
+    as_user+=" USER=$BENCH_USER HOME=$run/home XDG_RUNTIME_DIR=$run/xdg REQUESTS_CA_BUNDLE=$work/tls/ca.pem"
+}
+
 # bench_layer_images DIR: push layer30 and layer300, one-layer images of 30 MB and 300 MB of
 # incompressible data (pull's memory must not grow with the layer).
 bench_layer_images() {
