@@ -137,8 +137,8 @@ def main(json_dir, rss30, rss300, running, cores):
     rss30, rss300, running = int(rss30), int(rss300), int(running)
     out += ["## Memory (targets: pull flat in the layer size and < 64 MB; outer + init < 4 MB)", "",
             "| what | RSS |", "|---|---:|",
-            "| peak RSS of `boxrun pull`, one 30 MB layer | %.1f MB |" % (rss30 / 1024),
-            "| peak RSS of `boxrun pull`, one 300 MB layer | %.1f MB (%.2f× the 30 MB pull) |"
+            "| peak RSS of `boxrun pull`, one 30 MB layer (median of 3) | %.1f MB |" % (rss30 / 1024),
+            "| peak RSS of `boxrun pull`, one 300 MB layer (median of 3) | %.1f MB (%.2f× the 30 MB pull) |"
             % (rss300 / 1024, rss300 / max(rss30, 1)),
             "| boxrun's own processes (outer + init) while a job runs | %.1f MB |" % (running / 1024), "",
             "Target: " + "; ".join([
