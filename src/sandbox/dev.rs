@@ -2,9 +2,9 @@
 //! InfiniBand, AMD compute), each bound over a mount point of its own, a new devpts, /dev/shm
 //! and the usual links. Nothing else of the host's /dev is there.
 //!
-//! Which devices a container gets is decided on the host side ([`host_devices`]), so that the mount points can be laid out ahead ([`lay_out`]): in the
-//! image's top layer when the store keeps it (the start then only binds), else in a tmpfs on
-//! /dev at each start.
+//! Which devices a container gets is decided on the host side ([`host_devices`]), so that the
+//! mount points can be laid out ahead ([`lay_out`]): in the image's top layer when the store
+//! keeps it (the start then only binds), else in a tmpfs on /dev at each start.
 
 use std::ffi::OsStr;
 use std::io;
@@ -69,7 +69,7 @@ fn nvidia_nodes() -> Vec<(String, bool)> {
     listed.filter(|(name, _)| name.starts_with("nvidia")).collect()
 }
 
-/// The devices of a /dev listing (name, is a directory) a container gets, by name: the NVIDIA
+/// The devices a container gets of those found in /dev (name, is a directory), by name: the NVIDIA
 /// nodes (nvidia0.., nvidiactl, nvidia-uvm, nvidia-caps/) only where the driver's control node is.
 fn select(listed: Vec<(String, bool)>) -> Vec<Device> {
     let nvidia = listed.iter().any(|(name, _)| name == "nvidiactl");
