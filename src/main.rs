@@ -16,7 +16,7 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     open_standard_fds();
     // SAFETY: no handler is installed; SIG_IGN is what Rust's runtime sets, so that a write to a
-    // closed pipe is an EPIPE error (the job gets SIGPIPE's default back, init::spawn_job).
+    // closed pipe is an EPIPE error (the job gets SIGPIPE's default back, init::job::exec).
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.expect("SIGPIPE is a signal");
     // A panic must not unwind into C, which aborts: it exits 101 as a Rust `main`'s would, once
     // the panic hook has printed it.

@@ -50,6 +50,19 @@ fn no_capability_no_new_privileges_and_a_seccomp_filter_inside() {
     assert_eq!(status_field(&fakeroot, "CapEff"), "00000000000000cb");
     assert_eq!(status_field(&fakeroot, "CapAmb"), "0000000000000000");
     assert_eq!(status_field(&fakeroot, "NoNewPrivs"), "1");
+    // PID 1, boxrun's init, locks itself down too (with nothing kept, even under --fakeroot),
+    // right after it let the job in: wait (bounded, no sleep) until its filter shows.
+    let pid1 = "i=0; until [ $i -ge 5000 ]; do while read -r key value; do \
+        [ \"$key\" = Seccomp: ] && [ \"$value\" = 2 ] && break 2; done < /proc/1/status; i=$((i+1)); done; \
+        cat /proc/1/status";
+    for options in [&[][..], &["--fakeroot"][..]] {
+        let status = rig.run(options, &["sh", "-c", pid1]).ok().stdout.clone();
+        for key in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status_field(&status, key), "0000000000000000", "PID 1's {key} {options:?}");
+        }
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "PID 1 {options:?}");
+        assert_eq!(status_field(&status, "Seccomp"), "2", "PID 1 {options:?}");
+    }
 }
 
 #[test]

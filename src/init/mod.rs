@@ -1,44 +1,42 @@
 //! The start path after the re-exec (`boxrun __init`): a fresh single-threaded process that
-//! enters the namespaces, forks PID 1, and relays signals and the exit status.
+//! enters the namespaces, forks PID 1 and the job, and relays signals and the exit status.
 //!
 //! ```text
-//! boxrun (outer, same pid after exec) ── relay: forwards signals to PID 1, exits with its status
-//!   └─ PID 1 (boxrun init) ── mounts, pivot_root, lock-down; forwards signals to the job, reaps
-//!        └─ the job
+//! boxrun (outer, same pid after exec) ── relay: forwards signals to the job, exits with its status
+//!   ├─ PID 1 (boxrun init) ── mounts, pivot_root, lock-down; then reaps the job's orphans
+//!   └─ the job (PID 2) ── waits for PID 1's file system, joins it, locks down, execs
 //! ```
 //! If the outer process dies (even by SIGKILL), PID 1 gets SIGKILL (parent-death signal) and
 //! the kernel kills every process of the PID namespace with it.
 //!
-//! When the job ends, PID 1 kills and reaps what the job left running, then tells the relay the
-//! job's status through a pipe before it exits: the relay returns while the kernel tears the
-//! container's mounts down, which no one needs to wait for. For that, the mount namespace is PID
-//! 1's alone (`ns::own_mounts`): the relay, in the host's, does not pay the teardown in its exit.
+//! When the job ends, the relay, its parent, returns its status as soon as no process of the
+//! container is left but PID 1: the job's orphans are PID 1's children, so an empty list of
+//! them says so. The relay's exit then kills PID 1, whose exit tears the container's mounts
+//! down, which no one needs to wait for. For that, the mount namespace is PID 1's (the job
+//! joins it; `ns::own_mounts`): the relay, in the host's, does not pay the teardown in its exit.
 
+mod job;
+mod pid1;
 mod record;
 mod wait;
 
-use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::prctl;
 use nix::sys::resource::{UsageWho, getrusage};
-use nix::sys::signal::{
-    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction, sigprocmask,
-};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
-use wait::{Event, Waiter};
+use wait::Waiter;
 
 use crate::EXIT_BOXRUN_FAILED;
-use crate::rootfs::top::{self, CachedTop};
+use crate::rootfs::top;
+use crate::sandbox::ns;
 use crate::sandbox::plan::{RunPlan, StatsFormat};
-use crate::sandbox::{lockdown, mount, ns};
 
 /// Signals a scheduler or a user sends that must reach the job.
 const FORWARDED: [Signal; 7] = [
@@ -76,34 +74,32 @@ pub fn start(plan: &RunPlan) -> ! {
     // ORDER: block before fork, so a signal arriving before a wait loop runs stays pending.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .unwrap_or_else(|e| fail(format!("sigprocmask: {e}")));
+    if plan.namespaces.host_pid {
+        // No PID namespace: the relay adopts the job's orphans instead of a PID 1, so that
+        // they can be found and killed when the job ends.
+        prctl::set_child_subreaper(true)
+            .unwrap_or_else(|e| fail(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")));
+    }
     let recording = record::prepare(plan.record.as_ref());
     ns::enter(plan).unwrap_or_else(|e| fail(e));
     // Closed by the kernel when this process dies: PID 1 watches it to close the race
     // between its fork and its prctl(PR_SET_PDEATHSIG).
     let (alive_read, alive_write) = pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
-    let (status_read, status_write) =
-        pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap_or_else(|e| fail(format!("pipe: {e}")));
+    // PID 1 writes a byte once the container's file system is ready; the job waits for it.
+    let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
     // ORDER: fork after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
     // SAFETY: this process is single-threaded (`start`'s precondition).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(alive_write);
-            drop(status_read);
-            let name_pipe = recording.into_name_pipe();
-            pid1(plan, top.as_ref(), signals, alive_read, status_write, name_pipe)
+            drop(ready_read);
+            pid1::run(plan, top.as_ref(), alive_read, ready_write)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_read);
-            drop(status_write);
-            let record = recording.write(child, &plan.argv);
-            let code = relay(child, signals, status_read);
-            // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead). The relay
-            // is in the host's mount namespace: the path still names the record.
-            if let Some(record) = record {
-                drop(fs_err::remove_file(record));
-            }
-            drop(alive_write);
-            std::process::exit(code)
+            // ORDER: before the job's fork: PID 1's failure must reach the job as end of file.
+            drop(ready_write);
+            relay(plan, child, signals, recording, ready_read);
         }
         Err(e) => fail(format!("fork: {e}")),
     }
@@ -128,195 +124,102 @@ fn forwarded(plan: &RunPlan) -> SigSet {
     set
 }
 
-/// Wait for PID 1's word on the job's status, forwarding `signals` to it; if PID 1 dies without
-/// a word, its own exit status, or 128+N if a signal killed it.
-fn relay(child: Pid, signals: SigSet, status: OwnedFd) -> i32 {
-    forward_until(child, signals, Some(status), || match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::Exited(_, code)) => Some(code),
-        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
-        Ok(_) | Err(Errno::EINTR) => None,
-        Err(e) => fail(format!("waitpid: {e}")),
-    })
-}
-
-/// Forward `signals` to `target` until a `status` arrives or, on a SIGCHLD, `reap` says the
-/// child we wait for has ended (its status; `None`: not yet).
-fn forward_until(
-    target: Pid,
-    signals: SigSet,
-    status: Option<OwnedFd>,
-    mut reap: impl FnMut() -> Option<i32>,
-) -> i32 {
-    let mut waited = signals;
-    waited.add(Signal::SIGCHLD);
-    let mut waiter = Waiter::new(&waited, status);
-    loop {
-        match waiter.next() {
-            Event::Status(Some(code)) => return i32::from(code),
-            Event::Status(None) => {} // PID 1 died without a word: its SIGCHLD follows
-            Event::Signal(Signal::SIGCHLD) => {
-                if let Some(code) = reap() {
-                    return code;
-                }
-            }
-            // The target may be gone already; its SIGCHLD is then pending.
-            Event::Signal(signal) => drop(kill(target, signal)),
-        }
-    }
-}
-
-/// PID 1 of the container: build it, start the job, forward, reap, exit with the job's status.
-fn pid1(
-    plan: &RunPlan,
-    top: Option<&CachedTop>,
-    signals: SigSet,
-    parent_alive: OwnedFd,
-    status: OwnedFd,
-    name_pipe: Option<OwnedFd>,
-) -> ! {
-    // ORDER: the parent-death signal before anything else, then the check that the parent
-    // did not die before it was set (its end of the pipe would be closed).
-    prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail(format!("prctl(PR_SET_PDEATHSIG): {e}")));
-    let mut poll_fds = [PollFd::new(parent_alive.as_fd(), PollFlags::POLLIN)];
-    if poll(&mut poll_fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
-        std::process::exit(EXIT_BOXRUN_FAILED);
-    }
-    if plan.namespaces.host_pid {
-        // Not PID 1 of a namespace: become the reaper of the job's orphans instead, so that
-        // they can be found and killed when the job ends.
-        prctl::set_child_subreaper(true)
-            .unwrap_or_else(|e| fail(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")));
-    }
-    ns::own_mounts().unwrap_or_else(|e| fail(format!("cannot create a mount namespace: {e}")));
-    mount::build(plan, top).unwrap_or_else(|e| fail(e));
-    if let Some(hostname) = &plan.hostname {
-        nix::unistd::sethostname(hostname).unwrap_or_else(|e| fail(format!("sethostname: {e}")));
-    }
-    if plan.namespaces.net {
-        crate::sandbox::net::loopback_up().unwrap_or_else(|e| fail(e));
-    }
-    // A PID 1 receives a signal from an ancestor namespace only if it has a handler for it
-    // (pid_namespaces(7)): install no-op ones; the signals stay blocked and queue for the signalfd.
-    for signal in signals.iter() {
-        let action = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
-        // SAFETY: `noop` is async-signal-safe (it does nothing).
-        unsafe { sigaction(signal, &action) }.unwrap_or_else(|e| fail(format!("sigaction: {e}")));
-    }
-    nix::unistd::chdir(&plan.workdir).unwrap_or_else(|e| {
-        fail(format!("cannot enter the working directory {}: {e}", plan.workdir.display()))
-    });
-    let keep = if plan.fakeroot {
-        lockdown::parse_caps(&plan.keep_caps).unwrap_or_else(|e| fail(e))
-    } else {
-        caps::CapsHashSet::new()
-    };
-    lockdown::apply(&keep, &plan.seccomp).unwrap_or_else(|e| fail(e));
-    let container = name_pipe.map(record::recorded_name);
+/// The relay: record the container, fork the job, forward `signals` to it, and exit with its
+/// status once nothing of the container but PID 1 runs.
+fn relay(plan: &RunPlan, pid1: Pid, signals: SigSet, recording: record::Recording, ready: OwnedFd) -> ! {
+    let recorded = recording.write(pid1, &plan.argv);
     let start = Instant::now();
-    let job = start_job(plan, container.as_deref());
-    let code = supervise(job, signals);
+    let job = job::start(plan, pid1, ready, recorded.name.as_deref()).unwrap_or_else(|e| {
+        // A PID namespace whose PID 1 died takes no new process: PID 1 said why.
+        std::process::exit(end_namespace(pid1).unwrap_or_else(|| fail(format!("fork: {e}"))))
+    });
+    let mut code = supervise(job, signals);
     if plan.namespaces.host_pid {
-        kill_leftovers();
-    } else {
-        kill_namespace();
+        kill_leftovers(pid1);
+    } else if code == 128 + Signal::SIGKILL as i32 || !only_pid1_left(pid1) {
+        // The job left processes behind, or was killed with the whole namespace because PID 1
+        // failed (and said why: its status is the one to report).
+        code = end_namespace(pid1).unwrap_or(code);
     }
     if let Some(format) = plan.stats {
         print_stats(format, start, code);
     }
-    // ORDER: after the kills: when the relay returns, nothing of the container runs any more.
-    let _ = nix::unistd::write(&status, &[u8::try_from(code).unwrap_or(u8::MAX)]);
+    // Gone from `boxrun ps`; if this fails, ps prunes it (the pid is dead). The relay is in
+    // the host's mount namespace: the path still names the record.
+    if let Some(file) = recorded.file {
+        drop(fs_err::remove_file(file));
+    }
     std::process::exit(code)
 }
 
-extern "C" fn noop(_: libc::c_int) {}
-
-/// Unmap what the start path touched and the wait loops will not: the pages of every
-/// read-only segment of the binary and its libraries (code and constants: the few the loop
-/// runs fault back in from the page cache) and the heap's free memory. Slurm's job accounting
-/// sums the RSS of the job's processes: the relay and PID 1 then weigh what they use while they
-/// wait (under 1 MB each), not the 5 MB of pages the setup mapped.
-fn release_startup_pages() {
-    /// dl_iterate_phdr's callback: MADV_DONTNEED each loaded segment without write access.
-    /// Writable segments (data, and the relocated RELRO inside them) hold state: never dropped.
-    extern "C" fn each_object(
-        info: *mut libc::dl_phdr_info,
-        _: libc::size_t,
-        _: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: the loader passes a valid dl_phdr_info whose dlpi_phdr points to dlpi_phnum
-        // program headers, for the duration of the call.
-        let (base, headers) = unsafe {
-            let info = &*info;
-            (info.dlpi_addr as usize, std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize))
-        };
-        // SAFETY: sysconf has no preconditions. madvise's range must be whole pages of this
-        // machine (64 KiB on some aarch64), or it would reach into the next mapping.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
-            let start = (base + header.p_vaddr as usize) & !(page - 1);
-            let end = (base + (header.p_vaddr + header.p_memsz) as usize).next_multiple_of(page);
-            // SAFETY: the range is a read-only mapping of a file: dropping its pages loses
-            // nothing (the next access reads the page cache again). An error (the vDSO is no
-            // file mapping) leaves the pages as they were.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-        }
-        0
-    }
-    // SAFETY: the callback only reads what the loader hands it; this process is single-threaded.
-    unsafe {
-        #[cfg(target_env = "gnu")]
-        libc::malloc_trim(0);
-        libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
-    }
-}
-
-/// Forward signals to the job and reap every child (orphans re-parent to PID 1) until the job
-/// itself exits; what is left, `kill_namespace` or `kill_leftovers` ends.
+/// Forward signals to the job until it exits; its status, or 128+N if a signal killed it.
+/// Under `--pid=host` the relay also reaps the job's orphans here.
 fn supervise(job: Pid, signals: SigSet) -> i32 {
-    forward_until(job, signals, None, || {
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == job => return Some(code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return Some(128 + signal as i32),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => fail(format!("waitpid: {e}")),
+    let mut waited = signals;
+    waited.add(Signal::SIGCHLD);
+    let mut waiter = Waiter::new(&waited);
+    loop {
+        match waiter.next() {
+            Signal::SIGCHLD => {
+                if let Some(code) = reap(job) {
+                    return code;
+                }
             }
+            // The job may be gone already; its SIGCHLD is then pending.
+            signal => drop(kill(job, signal)),
         }
-    })
+    }
 }
 
-/// SIGKILL every other process of the container's PID namespace (what the job left running)
-/// and reap them all, as the kernel would when PID 1 exits, but before the relay is told.
-fn kill_namespace() {
-    // In a PID namespace, kill(-1) from its PID 1 reaches every process of it but PID 1.
-    // Anywhere else it would reach every process of the user: only ever from PID 1.
-    if std::process::id() != 1 {
-        return;
+/// Reap the children that have ended; the job's status if it is one of them.
+fn reap(job: Pid) -> Option<i32> {
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == job => return Some(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return Some(128 + signal as i32),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => fail(format!("waitpid: {e}")),
+        }
     }
-    // Every other process of the namespace descends from PID 1 (orphans re-parent to it), so
-    // no child left means no process left. Checking costs one syscall; kill(-1) walks every
-    // task of the node, 50 µs at each job's end.
-    if waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) == Err(Errno::ECHILD) {
-        return;
-    }
-    if kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
-        return; // ESRCH: nothing left
-    }
-    // Orphans of the killed re-parent to PID 1 before their parent can be reaped: no child
-    // left (ECHILD) means no process left.
-    while matches!(waitpid(None::<Pid>, None), Ok(_) | Err(Errno::EINTR)) {}
 }
 
-/// With no PID namespace whose end kills them, SIGKILL what the job left running: our
-/// children (the job's orphans, reparented to us as their subreaper), until none is left.
-fn kill_leftovers() {
+/// Whether PID 1 has no child: every process of the container's PID namespace but the job
+/// (the relay's child, reaped) descends from PID 1, and the job's orphans were re-parented to
+/// it before the job's exit was reported. Unreadable: no.
+fn only_pid1_left(pid1: Pid) -> bool {
+    let children = fs_err::read_to_string(format!("/proc/{pid1}/task/{pid1}/children"));
+    children.is_ok_and(|list| list.trim().is_empty())
+}
+
+/// Kill PID 1, with it every process of its PID namespace, and reap it: its exit is reported
+/// only once the namespace is empty (pid_namespaces(7)). Its status if it exited by itself,
+/// which it does only when it failed.
+fn end_namespace(pid1: Pid) -> Option<i32> {
+    let _ = kill(pid1, Signal::SIGKILL);
+    loop {
+        match waitpid(pid1, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Err(Errno::EINTR) => {}
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
+/// With no PID namespace whose end kills them, SIGKILL what the job left running: the relay's
+/// children but PID 1 (the job's orphans, reparented to the relay as their subreaper), until
+/// none is left.
+fn kill_leftovers(pid1: Pid) {
     let children = || {
         let me = std::process::id();
         fs_err::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default()
     };
     for _ in 0..1000 {
-        let pids: Vec<i32> = children().split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        let pids: Vec<i32> = children()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| p != pid1.as_raw())
+            .collect();
         if pids.is_empty() {
             return;
         }
@@ -325,73 +228,6 @@ fn kill_leftovers() {
             let _ = waitpid(Pid::from_raw(pid), None);
         }
     }
-}
-
-/// Start the job, told it runs in the container named `container` when the relay recorded
-/// one. `--security-report` prints from a forked child; a command is spawned.
-fn start_job(plan: &RunPlan, container: Option<&str>) -> Pid {
-    if !plan.report {
-        return spawn_job(plan, container);
-    }
-    // SAFETY: PID 1 is single-threaded.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            crate::sandbox::report::print();
-            std::process::exit(0)
-        }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => fail(format!("fork: {e}")),
-    }
-}
-
-/// posix_spawn the command, found on the image's PATH, with the image's environment. glibc
-/// spawns with `clone(CLONE_VM | CLONE_VFORK)`: PID 1's pages are neither copied for the job
-/// nor torn down by its exec, which a fork would do. The job starts with no signal blocked and
-/// SIGPIPE back to its default: Rust's runtime ignores SIGPIPE in boxrun, and an ignored signal
-/// stays ignored across exec (`cmd | head` would then end in EPIPE errors instead of quietly).
-fn spawn_job(plan: &RunPlan, container: Option<&str>) -> Pid {
-    let command = &plan.argv[0];
-    let path = plan.env.iter().find(|(k, _)| k == "PATH").map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v);
-    let Some(program) = find_program(command, path) else {
-        eprintln!("boxrun: error: '{command}': command not found in the image (PATH={path})");
-        std::process::exit(127);
-    };
-    let cstring = |s: &str| CString::new(s).unwrap_or_else(|_| fail(format!("'{s}' contains a NUL byte")));
-    let argv: Vec<CString> = plan.argv.iter().map(|a| cstring(a)).collect();
-    let variable = |(k, v): &(String, String)| match container {
-        Some(name) if k == "BOXRUN_CONTAINER" => format!("{k}={name}"),
-        _ => format!("{k}={v}"),
-    };
-    let env: Vec<CString> = plan.env.iter().map(|kv| cstring(&variable(kv))).collect();
-    let spawned = job_attributes().and_then(|attributes| {
-        posix_spawn(program.as_path(), &PosixSpawnFileActions::init()?, &attributes, &argv, &env)
-    });
-    spawned.unwrap_or_else(|error| {
-        eprintln!("boxrun: error: cannot execute '{command}': {}", error.desc());
-        std::process::exit(if error == Errno::ENOENT { 127 } else { 126 })
-    })
-}
-
-fn job_attributes() -> nix::Result<PosixSpawnAttr> {
-    let mut attributes = PosixSpawnAttr::init()?;
-    attributes.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF)?;
-    attributes.set_sigmask(&SigSet::empty())?;
-    attributes.set_sigdefault(&SigSet::from(Signal::SIGPIPE))?;
-    Ok(attributes)
-}
-
-/// `command` itself if it has a `/`, else the first executable file of that name on `path`.
-fn find_program(command: &str, path: &str) -> Option<std::path::PathBuf> {
-    if command.contains('/') {
-        return Some(command.into());
-    }
-    path.split(':').filter(|dir| !dir.is_empty()).map(|dir| std::path::Path::new(dir).join(command)).find(
-        |candidate| {
-            nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
-                && fs_err::metadata(candidate).is_ok_and(|m| m.is_file())
-        },
-    )
 }
 
 fn print_stats(format: StatsFormat, start: Instant, code: i32) {

@@ -1,8 +1,7 @@
 //! What the relay and PID 1 wait on: the signals they forward and SIGCHLD (read from a
-//! signalfd), PID 1's word on the job's exit status (the relay only), and the moment to give
-//! back the pages their start-up touched.
+//! signalfd), and the moment to give back the pages their start-up touched.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -17,36 +16,25 @@ use super::fail;
 /// runs longer is accounted well under 1 MB for each of them from then on.
 const RELEASE_AFTER: Duration = Duration::from_millis(50);
 
-pub(super) enum Event {
-    /// A forwarded signal or SIGCHLD.
-    Signal(Signal),
-    /// PID 1's exit status for the job, sent before PID 1 exits; `None` if it died first.
-    Status(Option<u8>),
-}
-
 pub(super) struct Waiter {
     signals: SignalFd,
-    status: Option<OwnedFd>,
     release_at: Option<Instant>,
 }
 
 impl Waiter {
-    /// Wait for `signals` (blocked by the caller, so they queue for the signalfd) and, for
-    /// the relay, on PID 1's `status` pipe.
-    pub(super) fn new(signals: &SigSet, status: Option<OwnedFd>) -> Waiter {
+    /// Wait for `signals`, blocked by the caller, so they queue for the signalfd.
+    pub(super) fn new(signals: &SigSet) -> Waiter {
         let flags = SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK;
         let signals = SignalFd::with_flags(signals, flags).unwrap_or_else(|e| fail(format!("signalfd: {e}")));
-        Waiter { signals, status, release_at: Some(Instant::now() + RELEASE_AFTER) }
+        Waiter { signals, release_at: Some(Instant::now() + RELEASE_AFTER) }
     }
 
-    /// The next event. Unmaps the start-up pages when `RELEASE_AFTER` passes first.
-    pub(super) fn next(&mut self) -> Event {
+    /// The next signal (a forwarded one or SIGCHLD). Unmaps the start-up pages when
+    /// `RELEASE_AFTER` passes first.
+    pub(super) fn next(&mut self) -> Signal {
         loop {
             if let Some(signal) = self.pending_signal() {
-                return Event::Signal(signal);
-            }
-            if let Some(status) = self.status_if_ready() {
-                return Event::Status(status);
+                return signal;
             }
             self.sleep();
         }
@@ -60,38 +48,18 @@ impl Waiter {
         }
     }
 
-    /// One byte, the status; end of file: PID 1 is gone without one (its SIGCHLD follows).
-    fn status_if_ready(&mut self) -> Option<Option<u8>> {
-        let fd = self.status.as_ref()?;
-        let mut byte = [0u8];
-        match nix::unistd::read(fd, &mut byte) {
-            Ok(1) => Some(Some(byte[0])),
-            Ok(_) => {
-                self.status = None;
-                Some(None)
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => None,
-            Err(e) => fail(format!("reading PID 1's status: {e}")),
-        }
-    }
-
     /// Poll until an event. The start-up pages are released, when it is time, right before
     /// the poll that blocks: what runs after the release and is faulted back in (64 KiB of code
     /// around each page touched) is then only the poll, until the next event.
     fn sleep(&mut self) {
-        let signals = PollFd::new(self.signals.as_fd(), PollFlags::POLLIN);
-        let mut fds = match &self.status {
-            Some(status) => [signals, PollFd::new(status.as_fd(), PollFlags::POLLIN)],
-            // No status pipe: an entry that waits for no event keeps the array's size.
-            None => [signals, PollFd::new(self.signals.as_fd(), PollFlags::empty())],
-        };
+        let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         if let Some(at) = self.release_at {
             let timeout = PollTimeout::try_from(at.saturating_duration_since(Instant::now()))
                 .unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, timeout) {
                 Ok(0) => {
                     self.release_at = None;
-                    super::release_startup_pages();
+                    release_startup_pages();
                 }
                 Ok(_) | Err(Errno::EINTR) => return,
                 Err(e) => fail(format!("poll: {e}")),
@@ -102,5 +70,45 @@ impl Waiter {
         {
             fail(format!("poll: {e}"));
         }
+    }
+}
+
+/// Unmap what the start path touched and the wait loops will not: the pages of every
+/// read-only segment of the binary and its libraries (code and constants: the few the loop
+/// runs fault back in from the page cache) and the heap's free memory. Slurm's job accounting
+/// sums the RSS of the job's processes: the relay and PID 1 then weigh what they use while they
+/// wait (under 1 MB each), not the 5 MB of pages the setup mapped.
+fn release_startup_pages() {
+    /// dl_iterate_phdr's callback: MADV_DONTNEED each loaded segment without write access.
+    /// Writable segments (data, and the relocated RELRO inside them) hold state: never dropped.
+    extern "C" fn each_object(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        _: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid dl_phdr_info whose dlpi_phdr points to dlpi_phnum
+        // program headers, for the duration of the call.
+        let (base, headers) = unsafe {
+            let info = &*info;
+            (info.dlpi_addr as usize, std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize))
+        };
+        // SAFETY: sysconf has no preconditions. madvise's range must be whole pages of this
+        // machine (64 KiB on some aarch64), or it would reach into the next mapping.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
+            let start = (base + header.p_vaddr as usize) & !(page - 1);
+            let end = (base + (header.p_vaddr + header.p_memsz) as usize).next_multiple_of(page);
+            // SAFETY: the range is a read-only mapping of a file: dropping its pages loses
+            // nothing (the next access reads the page cache again). An error (the vDSO is no
+            // file mapping) leaves the pages as they were.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+        0
+    }
+    // SAFETY: the callback only reads what the loader hands it; this process is single-threaded.
+    unsafe {
+        #[cfg(target_env = "gnu")]
+        libc::malloc_trim(0);
+        libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
     }
 }

@@ -1,5 +1,6 @@
 //! The last steps before the job runs: drop capabilities, forbid gaining privileges, load
-//! the seccomp filter. Applied in PID 1, so the job (its child) and everything after inherit it.
+//! the seccomp filter. Applied in the job's process before its exec (everything it starts
+//! inherits it) and in PID 1.
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::prctl;
@@ -18,17 +19,23 @@ fn error(action: &'static str, message: impl ToString) -> LockdownError {
     LockdownError { action, message: message.to_string() }
 }
 
-/// Lock this process down. `keep` is the bounding set a `--fakeroot` job may use (empty
-/// otherwise): a root job regains exactly those at exec, a non-root job none.
-pub fn apply(keep: &CapsHashSet, filter: &Seccomp) -> Result<(), LockdownError> {
-    // ORDER: the bounding set first: dropping from it needs CAP_SETPCAP, which the next
-    // steps take away (capabilities(7), "Capability bounding set").
+/// Shrink this process's bounding set, ambient and inheritable capabilities to `keep`, the
+/// set a `--fakeroot` job may use (empty otherwise): a root job regains exactly those at exec,
+/// a non-root job none. It keeps its effective capabilities (it may still join a namespace):
+/// [`apply`] drops those. Done apart so that the job's process can do it while it waits.
+pub fn bound(keep: &CapsHashSet) -> Result<(), LockdownError> {
+    // ORDER: the bounding set before `apply`: dropping from it needs CAP_SETPCAP, which `apply`
+    // takes away (capabilities(7), "Capability bounding set").
     for cap in caps::all().difference(keep) {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(|e| error("drop a capability from the bounding set", e))?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| error("clear the ambient capabilities", e))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| error("clear the inheritable capabilities", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| error("clear the inheritable capabilities", e))
+}
+
+/// Lock this process down, after [`bound`] with the same `keep`.
+pub fn apply(keep: &CapsHashSet, filter: &Seccomp) -> Result<(), LockdownError> {
     // A --fakeroot job execs as root, but under no_new_privs an exec can only keep what the
     // process already holds (permitted ∩ old permitted): keep exactly `keep`, drop the rest.
     caps::set(None, CapSet::Effective, keep).map_err(|e| error("drop the effective capabilities", e))?;
