@@ -40,7 +40,9 @@ pub fn run(plan: &RunPlan, top: Option<&CachedTop>, parent_alive: OwnedFd, ready
     drop(ready);
     // PID 1 needs no capability at all to reap, whatever the job keeps (`--fakeroot`).
     let none = caps::CapsHashSet::new();
-    lockdown::bound(&none).and_then(|()| lockdown::apply(&none, &plan.seccomp)).unwrap_or_else(|e| fail(e));
+    lockdown::bound(&none)
+        .and_then(|()| lockdown::apply(&none, Some(&plan.seccomp)))
+        .unwrap_or_else(|e| fail(e));
     reap_orphans()
 }
 

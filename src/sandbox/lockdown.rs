@@ -34,17 +34,34 @@ pub fn bound(keep: &CapsHashSet) -> Result<(), LockdownError> {
     caps::clear(None, CapSet::Inheritable).map_err(|e| error("clear the inheritable capabilities", e))
 }
 
-/// Lock this process down, after [`bound`] with the same `keep`.
-pub fn apply(keep: &CapsHashSet, filter: &Seccomp) -> Result<(), LockdownError> {
+/// Load the seccomp filter now, while this process still holds CAP_SYS_ADMIN in its user
+/// namespace (seccomp(2) then needs no no_new_privs), if it is one of boxrun's own: the job's
+/// process loads it while PID 1 still mounts, off the start's critical path. The filter still
+/// to load, for [`apply`]: `None` if this loaded it.
+pub fn filter_early(filter: &Seccomp) -> Result<Option<&Seccomp>, LockdownError> {
+    if !filter.built_in() {
+        return Ok(Some(filter));
+    }
+    seccomp::load(filter).map_err(|e| error("load the seccomp filter", e))?;
+    Ok(None)
+}
+
+/// Lock this process down, after [`bound`] with the same `keep`; `filter` is the seccomp
+/// filter still to load, if any.
+pub fn apply(keep: &CapsHashSet, filter: Option<&Seccomp>) -> Result<(), LockdownError> {
     // A --fakeroot job execs as root, but under no_new_privs an exec can only keep what the
     // process already holds (permitted ∩ old permitted): keep exactly `keep`, drop the rest.
     caps::set(None, CapSet::Effective, keep).map_err(|e| error("drop the effective capabilities", e))?;
     caps::set(None, CapSet::Permitted, keep).map_err(|e| error("drop the permitted capabilities", e))?;
-    // ORDER: no_new_privs before seccomp: without CAP_SYS_ADMIN a filter may only be loaded
-    // with it set (seccomp(2)); and from here no exec can gain privileges (setuid, file caps).
+    // ORDER: no_new_privs before a late seccomp filter: without CAP_SYS_ADMIN a filter may only
+    // be loaded with it set (seccomp(2)); and from here no exec can gain privileges (setuid,
+    // file caps).
     prctl::set_no_new_privs().map_err(|e| error("set no_new_privs", e))?;
     // ORDER: seccomp last: it also binds this process, which needs nothing it denies.
-    seccomp::load(filter).map_err(|e| error("load the seccomp filter", e))
+    match filter {
+        Some(filter) => seccomp::load(filter).map_err(|e| error("load the seccomp filter", e)),
+        None => Ok(()),
+    }
 }
 
 /// Parse capability names (`CAP_CHOWN` or `chown`) from the site's configuration.

@@ -24,6 +24,16 @@ pub enum Seccomp {
     Unconfined,
 }
 
+impl Seccomp {
+    /// Whether the filter is one of boxrun's own, which deny none of the calls the job's
+    /// process makes between loading it and its exec (setns, chdir, capset, prctl, execve):
+    /// every test's job runs through them under both. A site's or user's profile may deny
+    /// them, so it is loaded last.
+    pub fn built_in(&self) -> bool {
+        matches!(self, Seccomp::Default | Seccomp::Nested)
+    }
+}
+
 /// Compile a profile file for this machine's architecture.
 pub fn compile_file(path: &Path, nested: bool) -> Result<Seccomp, String> {
     let text = fs_err::read_to_string(path).map_err(|e| e.to_string())?;
@@ -34,7 +44,7 @@ pub fn compile_file(path: &Path, nested: bool) -> Result<Seccomp, String> {
 }
 
 /// Install the filter in this process (inherited by its children and kept across exec).
-/// Needs no_new_privs set first (seccomp(2): an unprivileged caller must have it).
+/// Needs no_new_privs set first, or CAP_SYS_ADMIN in the process's user namespace (seccomp(2)).
 pub fn load(choice: &Seccomp) -> Result<(), String> {
     let bytes = match choice {
         Seccomp::Default => DEFAULT,
