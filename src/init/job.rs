@@ -45,7 +45,7 @@ pub fn start(plan: &RunPlan, pid1: Pid, ready: OwnedFd, container: Option<&str>)
             }
         };
     }
-    let mut stack = Stack::map().map_err(|_| Errno::ENOMEM)?;
+    let mut stack = Stack::map()?;
     let job = Box::new(|| {
         enter(plan, pid1, &ready);
         exec(plan, container)
@@ -65,7 +65,6 @@ pub fn start(plan: &RunPlan, pid1: Pid, ready: OwnedFd, container: Option<&str>)
 /// mounts: the child's first touches of its stack then fault on no critical path.
 struct Stack {
     base: *mut libc::c_void,
-    len: usize,
     guard: usize,
 }
 
@@ -73,20 +72,20 @@ impl Stack {
     const LEN: usize = 256 << 10;
     const POPULATED: usize = 32 << 10;
 
-    fn map() -> std::io::Result<Stack> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let (len, flags) = (Self::LEN + page, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK);
+    fn map() -> nix::Result<Stack> {
+        let guard = super::page_size();
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK;
         // SAFETY: a fresh anonymous mapping, owned by the Stack and unmapped in its drop.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0) };
+        let base =
+            unsafe { libc::mmap(std::ptr::null_mut(), guard + Self::LEN, libc::PROT_NONE, flags, -1, 0) };
         if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+            return Err(Errno::last());
         }
-        let stack = Stack { base, len, guard: page };
+        let stack = Stack { base, guard };
         let usable = stack.usable_ptr();
         // SAFETY: the range lies inside the mapping made above, past its guard page.
         if unsafe { libc::mprotect(usable.cast(), Self::LEN, libc::PROT_READ | libc::PROT_WRITE) } != 0 {
-            return Err(std::io::Error::last_os_error());
+            return Err(Errno::last());
         }
         // SAFETY: as above. An old kernel without MADV_POPULATE_WRITE (5.14) only faults later.
         unsafe {
@@ -115,7 +114,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping `map` made, once; the child using it has exec'd
         // or exited (CLONE_VFORK).
-        unsafe { libc::munmap(self.base, self.len) };
+        unsafe { libc::munmap(self.base, self.guard + Self::LEN) };
     }
 }
 

@@ -161,7 +161,7 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
     loop {
         match waiter.next() {
             Signal::SIGCHLD => {
-                if let Some(code) = reap(job) {
+                if let Some(code) = reap(Some(job)) {
                     return code;
                 }
             }
@@ -171,12 +171,12 @@ fn supervise(job: Pid, signals: SigSet) -> i32 {
     }
 }
 
-/// Reap the children that have ended; the job's status if it is one of them.
-fn reap(job: Pid) -> Option<i32> {
+/// Reap the children that have ended; the `job`'s status if it is one of them.
+fn reap(job: Option<Pid>) -> Option<i32> {
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == job => return Some(code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == job => return Some(128 + signal as i32),
+            Ok(WaitStatus::Exited(pid, code)) if Some(pid) == job => return Some(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if Some(pid) == job => return Some(128 + signal as i32),
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => fail(format!("waitpid: {e}")),
@@ -188,8 +188,14 @@ fn reap(job: Pid) -> Option<i32> {
 /// (the relay's child, reaped) descends from PID 1, and the job's orphans were re-parented to
 /// it before the job's exit was reported. Unreadable: no.
 fn only_pid1_left(pid1: Pid) -> bool {
-    let children = fs_err::read_to_string(format!("/proc/{pid1}/task/{pid1}/children"));
-    children.is_ok_and(|list| list.trim().is_empty())
+    children(pid1).is_some_and(|pids| pids.is_empty())
+}
+
+/// The children of `pid` (a single-threaded process), from the host's /proc; `None` if
+/// unreadable.
+fn children(pid: Pid) -> Option<Vec<Pid>> {
+    let list = fs_err::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    Some(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect())
 }
 
 /// Kill PID 1, with it every process of its PID namespace, and reap it: its exit is reported
@@ -210,24 +216,23 @@ fn end_namespace(pid1: Pid) -> Option<i32> {
 /// children but PID 1 (the job's orphans, reparented to the relay as their subreaper), until
 /// none is left.
 fn kill_leftovers(pid1: Pid) {
-    let children = || {
-        let me = std::process::id();
-        fs_err::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default()
-    };
     for _ in 0..1000 {
-        let pids: Vec<i32> = children()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .filter(|&p| p != pid1.as_raw())
-            .collect();
+        let mut pids = children(Pid::this()).unwrap_or_default();
+        pids.retain(|&pid| pid != pid1);
         if pids.is_empty() {
             return;
         }
         for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(pid), None);
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
         }
     }
+}
+
+/// This machine's page size (4 KiB, or up to 64 KiB on some aarch64).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 fn print_stats(format: StatsFormat, start: Instant, code: i32) {

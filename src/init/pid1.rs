@@ -4,12 +4,9 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 
 use super::fail;
 use super::wait::Waiter;
@@ -53,12 +50,6 @@ fn reap_orphans() -> ! {
     let mut waiter = Waiter::new(&SigSet::from(Signal::SIGCHLD));
     loop {
         waiter.next();
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => fail(format!("waitpid: {e}")),
-            }
-        }
+        super::reap(None);
     }
 }

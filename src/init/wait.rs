@@ -92,9 +92,9 @@ fn release_startup_pages() {
             let info = &*info;
             (info.dlpi_addr as usize, std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize))
         };
-        // SAFETY: sysconf has no preconditions. madvise's range must be whole pages of this
-        // machine (64 KiB on some aarch64), or it would reach into the next mapping.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        // madvise's range must be whole pages of this machine, or it would reach into the
+        // next mapping.
+        let page = super::page_size();
         for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
             let start = (base + header.p_vaddr as usize) & !(page - 1);
             let end = (base + (header.p_vaddr + header.p_memsz) as usize).next_multiple_of(page);
