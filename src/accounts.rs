@@ -9,7 +9,7 @@
 //! directory accounts. A group name that only `getent` knows is remembered in the user's state
 //! directory, so that warm starts do not run it again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The host's `getent`, by its path on every mainstream distribution: no PATH search, and
@@ -74,7 +74,7 @@ fn remember(memo: &std::path::Path, name: &str) {
 }
 
 fn read_etc(file: &str) -> Option<String> {
-    fs_err::read_to_string(format!("/etc/{file}")).ok()
+    crate::small_file::read_to_string(&Path::new("/etc").join(file)).ok()
 }
 
 /// `getent DATABASE KEY`'s output, or None where the host has no such entry or no getent.

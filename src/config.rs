@@ -219,7 +219,7 @@ fn default_cache_dir() -> Result<PathBuf, ConfigError> {
 
 /// A missing file is an empty one; an unreadable or invalid one is an error naming it.
 fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
-    let text = match fs_err::read_to_string(path) {
+    let text = match crate::small_file::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
         Err(source) => return Err(ConfigError::Read { path: path.into(), source }),

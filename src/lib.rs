@@ -20,6 +20,7 @@ pub mod rootfs;
 pub mod run;
 pub mod sandbox;
 pub mod scheduler;
+pub mod small_file;
 pub mod state;
 pub mod store;
 pub mod unpack;

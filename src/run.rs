@@ -192,7 +192,7 @@ fn make_plan(
     // Copies, as podman makes them, rather than binds: two mounts fewer at every start. A job
     // sees the host's files as they were when it started.
     for file in ["/etc/hosts", "/etc/resolv.conf"] {
-        if let Ok(contents) = fs_err::read_to_string(file) {
+        if let Ok(contents) = crate::small_file::read_to_string(Path::new(file)) {
             mounts.push(MountOp::File { dst: file.into(), contents });
         }
     }

@@ -86,7 +86,7 @@ impl Store {
         platform: &Platform,
     ) -> Result<Option<ImageRecord>, StoreError> {
         let path = self.record_path(reference, platform);
-        match fs_err::read(&path) {
+        match crate::small_file::read(&path) {
             Ok(bytes) => parse_record(&path, &bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read", &path, e)),
