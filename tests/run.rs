@@ -87,6 +87,12 @@ fn exit_status_is_the_jobs_or_says_why_it_could_not_run() {
     missing.fails_with(127, "'no-such-command': command not found");
     let not_executable = rig.env.run_in_work(&[&rig.tiny, "/etc/os-release"], None);
     not_executable.fails_with(126, "cannot execute '/etc/os-release'");
+    // Searched as execvp(3) and a shell search: a PATH entry that is a file, or holds the name
+    // but not executable, is passed over; if nothing else matches, the job cannot execute it.
+    let passed_over = rig.env.run_in_work(&["-e", "PATH=/etc/os-release:/etc:/bin", &rig.tiny, "true"], None);
+    assert_eq!(passed_over.code, 0, "{}", passed_over.stderr);
+    let no_permission = rig.env.run_in_work(&["-e", "PATH=/etc:/sbin", &rig.tiny, "os-release"], None);
+    no_permission.fails_with(126, "cannot execute 'os-release': Permission denied");
 }
 
 #[test]
