@@ -247,8 +247,7 @@ fn make_plan(
 
 /// /etc/passwd and /etc/group for the container: the image's, with the user (or root) in them.
 pub(crate) fn identity_files(rootfs: &Path, user: &User, fakeroot: bool) -> [MountOp; 2] {
-    let image_file = |path: &str| crate::unpack::root::read_file(rootfs, Path::new(path)).ok().flatten();
-    let (passwd, group) = (image_file("etc/passwd"), image_file("etc/group"));
+    let [passwd, group] = crate::unpack::root::read_files(rootfs, ["etc/passwd", "etc/group"]);
     [
         MountOp::File {
             dst: "/etc/passwd".into(),

@@ -194,7 +194,8 @@ fn only_pid1_left(pid1: Pid) -> bool {
 /// The children of `pid` (a single-threaded process), from the host's /proc; `None` if
 /// unreadable.
 fn children(pid: Pid) -> Option<Vec<Pid>> {
-    let list = fs_err::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let list = crate::small_file::read_to_string(std::path::Path::new(&path)).ok()?;
     Some(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect())
 }
 

@@ -261,19 +261,22 @@ impl Root {
     }
 }
 
-/// Read a small text file of an image (e.g. `etc/passwd`), resolving its path inside the
-/// rootfs; `None` if it does not exist.
-pub fn read_file(rootfs: &Path, path: &Path) -> io::Result<Option<String>> {
-    let root = Root::open(rootfs)?;
-    match openat2(&root.fd, path, in_root(OFlag::O_RDONLY | OFlag::O_NOCTTY)) {
-        Ok(fd) => {
-            let mut text = String::new();
-            File::from(fd).take(1 << 20).read_to_string(&mut text)?;
-            Ok(Some(text))
-        }
-        Err(Errno::ENOENT) => Ok(None),
-        Err(e) => Err(io(e)),
+/// Read small text files of an image (e.g. `etc/passwd`, `etc/group`), resolving each path
+/// inside the rootfs, which is opened once for all of them; `None` for one that does not exist
+/// or cannot be read as text.
+pub fn read_files<const N: usize>(rootfs: &Path, paths: [&str; N]) -> [Option<String>; N] {
+    let mut texts = [const { None }; N];
+    let Ok(root) = Root::open(rootfs) else { return texts };
+    let read = |path: &str| {
+        let fd = openat2(&root.fd, path, in_root(OFlag::O_RDONLY | OFlag::O_NOCTTY)).ok()?;
+        let mut text = String::new();
+        File::from(fd).take(1 << 20).read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    for (text, path) in texts.iter_mut().zip(paths) {
+        *text = read(path);
     }
+    texts
 }
 
 fn set_mtime(fd: std::os::fd::BorrowedFd<'_>, mtime: i64) -> io::Result<()> {
