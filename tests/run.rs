@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -351,6 +352,18 @@ fn every_forwarded_signal_reaches_the_job() {
     );
     let mut command = rig.env.boxrun();
     command.args([&rig.tiny, "sh", "-c", &script]).current_dir(rig.env.work()).stdout(Stdio::piped());
+    // An ignored signal stays ignored across exec, through boxrun to the job (as `nohup boxrun`
+    // means), and sh cannot trap a signal ignored on entry: a test run under nohup (HUP) or
+    // started with `&` by a non-interactive shell (INT, QUIT) would see them "not reach" the job.
+    // SAFETY: signal(2) with SIG_DFL is async-signal-safe and installs no handler.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     let mut child = Guard(command.spawn().unwrap());
     BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
