@@ -344,7 +344,9 @@ fn a_terminal_passes_through_to_the_job() {
 fn every_forwarded_signal_reaches_the_job() {
     let rig = rig();
     let ready = rig.env.fifo("ready");
-    let names = ["HUP", "INT", "QUIT", "USR1", "USR2", "CONT"];
+    use nix::sys::signal::Signal::*;
+    let signals = [SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT];
+    let names = signals.map(|signal| signal.as_str().trim_start_matches("SIG"));
     let traps: String = names.iter().map(|n| format!("trap 'touch got-{n}' {n}; ")).collect();
     // The job waits (bounded) until it has seen all six, then exits 0 by itself.
     let script = format!(
@@ -357,9 +359,9 @@ fn every_forwarded_signal_reaches_the_job() {
     // started with `&` by a non-interactive shell (INT, QUIT) would see them "not reach" the job.
     // SAFETY: signal(2) with SIG_DFL is async-signal-safe and installs no handler.
     unsafe {
-        command.pre_exec(|| {
-            for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
-                libc::signal(signal, libc::SIG_DFL);
+        command.pre_exec(move || {
+            for signal in signals {
+                libc::signal(signal as libc::c_int, libc::SIG_DFL);
             }
             Ok(())
         });
@@ -367,8 +369,7 @@ fn every_forwarded_signal_reaches_the_job() {
     let mut child = Guard(command.spawn().unwrap());
     BufReader::new(std::fs::File::open(&ready).unwrap()).read_line(&mut String::new()).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    use nix::sys::signal::Signal::*;
-    for signal in [SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT] {
+    for signal in signals {
         nix::sys::signal::kill(pid, signal).unwrap();
     }
     let output = std::mem::replace(&mut child.0, std::process::Command::new("true").spawn().unwrap())
