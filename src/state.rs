@@ -45,29 +45,50 @@ pub struct ContainerState {
 
 /// The state directory, created 0700 if missing. `$XDG_RUNTIME_DIR` counts only where it is a
 /// directory: a batch job inherits the login node's (sbatch exports the environment), and the
-/// compute node, with no login session, has no /run/user/UID.
+/// compute node, with no login session, has no /run/user/UID. Its `boxrun` directory is made
+/// without looking first: where the runtime directory is missing, that says so.
 pub fn dir() -> Result<PathBuf, StateError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let uid = nix::unistd::getuid().as_raw();
+    dir_of(nix::unistd::getuid().as_raw())
+}
+
+/// [`dir`] for the user `uid` of the host, from a process that may be in a user namespace
+/// where it has another uid (`--fakeroot`: 0), which is then the owner the directory must have.
+pub fn dir_of(uid: u32) -> Result<PathBuf, StateError> {
+    use std::os::unix::fs::MetadataExt;
     let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let dir = match runtime.filter(|runtime| runtime.is_dir()) {
-        Some(runtime) => runtime.join("boxrun"),
-        None => PathBuf::from(format!("/tmp/boxrun-{uid}")),
+    let fallback = || PathBuf::from(format!("/tmp/boxrun-{uid}"));
+    let dir = match runtime.map(|runtime| runtime.join("boxrun")) {
+        Some(dir) => match make_private_dir(&dir) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                let dir = fallback();
+                make_private_dir(&dir).map_err(io("create", &dir))?;
+                dir
+            }
+            result => result.map(|()| dir.clone()).map_err(io("create", &dir))?,
+        },
+        None => {
+            let dir = fallback();
+            make_private_dir(&dir).map_err(io("create", &dir))?;
+            dir
+        }
     };
-    // std's DirBuilder (fs_err has none): its error is mapped to one naming the path below.
-    #[allow(clippy::disallowed_methods)]
-    let created = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-    match created {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create", &dir)(e)),
-    }
     // In a shared /tmp, someone else could have made it first.
     let meta = fs_err::symlink_metadata(&dir).map_err(io("inspect", &dir))?;
-    if meta.uid() != uid || !meta.is_dir() {
+    if meta.uid() != nix::unistd::getuid().as_raw() || !meta.is_dir() {
         return Err(StateError::NotOurs { path: dir });
     }
     Ok(dir)
+}
+
+/// Create `dir` with mode 0700; there already is fine.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // std's DirBuilder (fs_err has none): the caller's error names the path.
+    #[allow(clippy::disallowed_methods)]
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        result => result,
+    }
 }
 
 /// The start time of process `pid` in clock ticks, if it exists.
@@ -85,7 +106,17 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 impl ContainerState {
     /// The record of a container this process starts and relays for.
     pub fn of_this_process(name: String, image: String, job: Option<String>, command: Vec<String>) -> Self {
-        let pid = std::process::id() as i32;
+        Self::of_relay(std::process::id() as i32, name, image, job, command)
+    }
+
+    /// The record of a container whose relay is `pid` (in the host's PID namespace).
+    pub fn of_relay(
+        pid: i32,
+        name: String,
+        image: String,
+        job: Option<String>,
+        command: Vec<String>,
+    ) -> Self {
         ContainerState {
             name,
             image,
@@ -120,17 +151,61 @@ pub fn register(dir: &Path, state: &mut ContainerState) -> Result<PathBuf, State
 }
 
 /// Record a starting container in `dir` under exactly its name (an OCI id), unless a live
-/// container has it.
+/// container has it. The file is created under its name at once (`O_EXCL`: one create, no
+/// staging file to rename) and filled by one write; a reader that finds it empty or cut short
+/// takes it for a record being written (see [`Found`]).
 pub fn register_exact(dir: &Path, state: &ContainerState) -> Result<PathBuf, StateError> {
     let path = dir.join(format!("{}.json", state.name));
-    if read(&path).is_some_and(|existing| existing.alive()) {
-        return Err(StateError::Taken(state.name.clone()));
-    }
     let json = serde_json::to_vec(state).expect("state serialises");
-    let staging = dir.join(format!(".{}.{}", state.name, std::process::id()));
-    fs_err::write(&staging, json).map_err(io("write", &staging))?;
-    fs_err::rename(&staging, &path).map_err(io("write", &path))?;
-    Ok(path)
+    // A dead record in the way is removed and the create tried again: twice is enough unless
+    // another start races this one for the name, which then has it.
+    for _ in 0..3 {
+        match fs_err::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(&json).map_err(io("write", &path))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("write", &path)(e)),
+        }
+        match Found::at(&path) {
+            Found::Dead => match fs_err::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &path)(e)),
+                _ => {}
+            },
+            Found::Alive(_) | Found::Writing => break,
+        }
+    }
+    Err(StateError::Taken(state.name.clone()))
+}
+
+/// What a record file holds, for a reader.
+enum Found {
+    Alive(ContainerState),
+    /// Its relay is gone (SIGKILL left it behind), or the file is gone or unreadable.
+    Dead,
+    /// Empty or cut short, and new: its start is writing it (`register_exact`).
+    Writing,
+}
+
+impl Found {
+    /// A record that does not parse is one being written for a minute after its change, then
+    /// one whose writer died in between.
+    const WRITING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn at(path: &Path) -> Found {
+        let Ok(bytes) = fs_err::read(path) else { return Found::Dead };
+        match serde_json::from_slice::<ContainerState>(&bytes) {
+            Ok(state) if state.alive() => Found::Alive(state),
+            Ok(_) => Found::Dead,
+            Err(_) => {
+                let changed = fs_err::metadata(path).and_then(|meta| meta.modified());
+                let age = changed.map(|at| at.elapsed().unwrap_or_default());
+                if age.is_ok_and(|age| age < Self::WRITING_FOR) { Found::Writing } else { Found::Dead }
+            }
+        }
+    }
 }
 
 /// The container recorded as `name`, and whether it is still alive.
@@ -157,17 +232,21 @@ fn read(path: &Path) -> Option<ContainerState> {
 
 /// The user's running containers, oldest first; files of dead ones are removed.
 pub fn list() -> Result<Vec<ContainerState>, StateError> {
-    let dir = dir()?;
+    list_in(&dir()?)
+}
+
+fn list_in(dir: &Path) -> Result<Vec<ContainerState>, StateError> {
     let mut running = Vec::new();
-    for entry in fs_err::read_dir(&dir).map_err(io("list", &dir))? {
-        let path = entry.map_err(io("list", &dir))?.path();
+    for entry in fs_err::read_dir(dir).map_err(io("list", dir))? {
+        let path = entry.map_err(io("list", dir))?.path();
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        match read(&path) {
-            Some(state) if state.alive() => running.push(state),
+        match Found::at(&path) {
+            Found::Alive(state) => running.push(state),
             // Dead (killed before it could clean up) or unreadable: prune, best effort.
-            _ => drop(fs_err::remove_file(&path)),
+            Found::Dead => drop(fs_err::remove_file(&path)),
+            Found::Writing => {}
         }
     }
     running.sort_by_key(|s| (s.started_at, s.name.clone()));
@@ -199,5 +278,65 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
         Ok(number) => Signal::try_from(number).ok(),
         Err(_) if name.starts_with("SIG") => name.parse().ok(),
         Err(_) => format!("SIG{name}").parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, pid: i32) -> ContainerState {
+        ContainerState::of_relay(pid, name.into(), "img".into(), None, vec!["true".into()])
+    }
+
+    /// A record whose relay is gone: a pid no process has (above the kernel's pid_max limit).
+    fn dead(name: &str) -> ContainerState {
+        ContainerState { start_ticks: 1, ..record(name, 1 << 23) }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        list_in(dir).unwrap().into_iter().map(|state| state.name).collect()
+    }
+
+    #[test]
+    fn a_live_name_is_taken_and_the_next_free_suffix_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = ContainerState::of_this_process("job".into(), "img".into(), None, vec![]);
+        register(dir.path(), &mut first).unwrap();
+        let mut second = first.clone();
+        let file = register(dir.path(), &mut second).unwrap();
+        assert_eq!((first.name.as_str(), second.name.as_str()), ("job", "job-2"));
+        assert_eq!(file, dir.path().join("job-2.json"));
+        assert!(matches!(register_exact(dir.path(), &first), Err(StateError::Taken(name)) if name == "job"));
+        assert_eq!(names(dir.path()), ["job", "job-2"]);
+    }
+
+    #[test]
+    fn a_dead_record_gives_its_name_up_and_is_pruned_when_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        register_exact(dir.path(), &dead("old")).unwrap();
+        register_exact(dir.path(), &dead("gone")).unwrap();
+        let mut new = ContainerState::of_this_process("old".into(), "img".into(), None, vec![]);
+        register(dir.path(), &mut new).unwrap();
+        assert_eq!(new.name, "old");
+        assert_eq!(names(dir.path()), ["old"]);
+        assert!(!dir.path().join("gone.json").exists(), "the dead record was not pruned");
+    }
+
+    #[test]
+    fn a_record_being_written_is_neither_listed_nor_pruned_nor_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let writing = dir.path().join("new.json");
+        fs_err::write(&writing, b"{\"name\":").unwrap();
+        assert!(names(dir.path()).is_empty());
+        assert!(writing.exists(), "ps pruned a record still being written");
+        let mut next = record("new", std::process::id() as i32);
+        register(dir.path(), &mut next).unwrap();
+        assert_eq!(next.name, "new-2");
+        // One left cut short for longer than a start takes: its writer died; pruned.
+        let old = std::time::SystemTime::now() - 2 * Found::WRITING_FOR;
+        fs_err::File::options().write(true).open(&writing).unwrap().set_modified(old).unwrap();
+        assert_eq!(names(dir.path()), ["new-2"]);
+        assert!(!writing.exists());
     }
 }
