@@ -1,6 +1,7 @@
 //! The job's process: the relay's own child, cloned while PID 1 builds the container's file
-//! system. It drops its bounding set meanwhile, waits for PID 1's word that the file system is
-//! ready, joins PID 1's mount namespace, locks itself down and execs the command.
+//! system. It records the container for `boxrun ps` and drops its bounding set meanwhile, waits
+//! for PID 1's word that the file system is ready, joins PID 1's mount namespace, locks itself
+//! down and execs the command.
 //!
 //! Why the relay's child and not PID 1's: PID 1 spawned the job only once its mounts were done,
 //! and locked itself down first for the job to inherit, all on the start's critical path; here
@@ -18,24 +19,33 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, Pid, execve, fork};
 
+use super::record::{Recorded, Recording};
 use crate::EXIT_BOXRUN_FAILED;
 use crate::sandbox::lockdown;
 use crate::sandbox::plan::RunPlan;
 
 /// Start the job. In a new PID namespace it is that namespace's PID 2: the relay's children
-/// after PID 1 are born in it. `ready` is PID 1's pipe (end of file if PID 1 failed); the
-/// job is told it runs in the container named `container` when the relay recorded one.
+/// after PID 1 are born in it. `ready` is PID 1's pipe (end of file if PID 1 failed). The job's
+/// process writes the container's `recording` first (see `record`), and is told the name it
+/// was recorded under; the record written is the relay's to remove.
 ///
 /// The job is cloned with the relay's memory and the relay suspended until the job's exec
 /// (`CLONE_VM | CLONE_VFORK`, as glibc's posix_spawn does): a fork would copy the relay's page
 /// tables for an exec to throw away, and every page either of them writes after it would be
 /// copied on the way. The relay has nothing to do meanwhile: signals sent to it stay pending
 /// until it forwards them. `--security-report` is no exec: its child is forked.
-pub fn start(plan: &RunPlan, pid1: Pid, ready: OwnedFd, container: Option<&str>) -> nix::Result<Pid> {
+pub fn start(
+    plan: &RunPlan,
+    pid1: Pid,
+    ready: OwnedFd,
+    recording: &Recording,
+) -> nix::Result<(Pid, Recorded)> {
+    let relay = Pid::this();
     if plan.report {
+        let recorded = recording.write(relay, &plan.argv).unwrap_or_else(|e| super::fail(e));
         // SAFETY: the relay is single-threaded (`init::start`'s precondition).
         return match unsafe { fork() }? {
-            ForkResult::Parent { child } => Ok(child),
+            ForkResult::Parent { child } => Ok((child, recorded)),
             ForkResult::Child => {
                 enter(plan, pid1, &ready);
                 restore_signals();
@@ -45,9 +55,12 @@ pub fn start(plan: &RunPlan, pid1: Pid, ready: OwnedFd, container: Option<&str>)
         };
     }
     let mut stack = Stack::map()?;
+    let mut recorded = None;
     let job = Box::new(|| {
+        let record = recording.write(relay, &plan.argv).unwrap_or_else(|e| die(e));
+        let container = recorded.insert(record).name.clone();
         enter(plan, pid1, &ready);
-        exec(plan, container)
+        exec(plan, container.as_deref())
     });
     // SAFETY: CLONE_VFORK suspends the relay, single-threaded, until the child has exec'd or
     // exited, so nothing else touches the memory they share meanwhile; the child runs on its
@@ -56,7 +69,9 @@ pub fn start(plan: &RunPlan, pid1: Pid, ready: OwnedFd, container: Option<&str>)
     // (never exit handlers nor a panic's abort, which would act on the relay), and writes its
     // errors to fd 2 itself.
     let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
-    unsafe { nix::sched::clone(job, stack.usable(), flags, Some(libc::SIGCHLD)) }
+    let job = unsafe { nix::sched::clone(job, stack.usable(), flags, Some(libc::SIGCHLD)) }?;
+    // What the job's process left in the memory it shared: the record, once written.
+    Ok((job, recorded.unwrap_or_default()))
 }
 
 /// The job's stack until its exec: 256 KiB over a guard page, so that an overflow faults

@@ -124,12 +124,11 @@ fn forwarded(plan: &RunPlan) -> SigSet {
     set
 }
 
-/// The relay: record the container, fork the job, forward `signals` to it, and exit with its
-/// status once nothing of the container but PID 1 runs.
+/// The relay: fork the job (which records the container), forward `signals` to it, and exit
+/// with its status once nothing of the container but PID 1 runs.
 fn relay(plan: &RunPlan, pid1: Pid, signals: SigSet, recording: record::Recording, ready: OwnedFd) -> ! {
-    let recorded = recording.write(pid1, &plan.argv);
     let start = Instant::now();
-    let job = job::start(plan, pid1, ready, recorded.name.as_deref()).unwrap_or_else(|e| {
+    let (job, recorded) = job::start(plan, pid1, ready, &recording).unwrap_or_else(|e| {
         // A PID namespace whose PID 1 died takes no new process: PID 1 said why.
         std::process::exit(end_namespace(pid1).unwrap_or_else(|| fail(format!("fork: {e}"))))
     });

@@ -109,8 +109,8 @@ pub struct RunPlan {
 pub enum Record {
     /// Recorded already, in this file (`boxrun oci run`: its id must be free before it starts).
     File(PathBuf),
-    /// To be recorded by the relay while PID 1 builds the container: as `name`, or `name-2`…
-    /// where a live container has that name; the job's `BOXRUN_CONTAINER` says which.
+    /// To be recorded by the job's process while PID 1 builds the container: as `name`, or
+    /// `name-2`… where a live container has that name; the job's `BOXRUN_CONTAINER` says which.
     Register { name: String, image: String, job: Option<String> },
 }
 
