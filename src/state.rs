@@ -51,23 +51,24 @@ pub fn dir() -> Result<PathBuf, StateError> {
     dir_of(nix::unistd::getuid().as_raw())
 }
 
-/// [`dir`] for the user `uid` of the host, from a process that may be in a user namespace
-/// where it has another uid (`--fakeroot`: 0), which is then the owner the directory must have.
+/// [`dir`] of the host's user `uid`, from a process that may be in a user namespace where it
+/// has another uid (`--fakeroot`: 0): the directory must belong to the uid it has there.
 pub fn dir_of(uid: u32) -> Result<PathBuf, StateError> {
     use std::os::unix::fs::MetadataExt;
     let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let fallback = || PathBuf::from(format!("/tmp/boxrun-{uid}"));
-    let dir = match runtime.map(|runtime| runtime.join("boxrun")) {
+    let in_runtime = match runtime.map(|runtime| runtime.join("boxrun")) {
         Some(dir) => match make_private_dir(&dir) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                let dir = fallback();
-                make_private_dir(&dir).map_err(io("create", &dir))?;
-                dir
-            }
-            result => result.map(|()| dir.clone()).map_err(io("create", &dir))?,
+            Ok(()) => Some(dir),
+            // No such runtime directory on this node: a batch job's, inherited.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => None,
+            Err(e) => return Err(io("create", &dir)(e)),
         },
+        None => None,
+    };
+    let dir = match in_runtime {
+        Some(dir) => dir,
         None => {
-            let dir = fallback();
+            let dir = PathBuf::from(format!("/tmp/boxrun-{uid}"));
             make_private_dir(&dir).map_err(io("create", &dir))?;
             dir
         }
@@ -163,7 +164,10 @@ pub fn register_exact(dir: &Path, state: &ContainerState) -> Result<PathBuf, Sta
         match fs_err::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
                 use std::io::Write;
-                file.write_all(&json).map_err(io("write", &path))?;
+                if let Err(e) = file.write_all(&json) {
+                    drop(fs_err::remove_file(&path));
+                    return Err(io("write", &path)(e));
+                }
                 return Ok(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
