@@ -230,9 +230,16 @@ fn mpi_ranks_in_containers_allreduce_and_share_memory() {
         ("BOXRUN_CACHE", env.path("cache").display().to_string()),
         ("HOME", env.path("home").display().to_string()),
         // n1 and n2 share this host: Open MPI's shared memory between them would mix up the
-        // "nodes" (shared/slurm/README.md §5), so ranks talk TCP over loopback here.
-        ("OMPI_MCA_btl", "self,tcp".to_string()),
-        ("OMPI_MCA_btl_tcp_if_include", "lo".to_string()),
+        // "nodes" (shared/slurm/README.md §5), so ranks talk TCP over loopback here, through
+        // UCX. Open MPI 4.1.4's own TCP transport (ob1's tcp BTL) crashed a rank (SIGSEGV at
+        // address 0, after "failed to TCP connect to a peer") in 3 to 4% of these sruns, and
+        // so did the same allreduce run bare under the same srun once its environment had one
+        // variable more (boxrun adds three): 6 of 150. Through UCX: 0 of 200.
+        ("OMPI_MCA_pml", "ucx".to_string()),
+        ("OMPI_MCA_pml_ucx_tls", "any".to_string()),
+        ("OMPI_MCA_pml_ucx_devices", "any".to_string()),
+        ("UCX_TLS", "tcp,self".to_string()),
+        ("UCX_NET_DEVICES", "lo".to_string()),
     ];
 
     // srun: 4 ranks, 2 per node, wired up by Slurm's PMIx.
