@@ -83,12 +83,31 @@ pub fn mpi_images() -> &'static Path {
     static IMAGES: OnceLock<PathBuf> = OnceLock::new();
     IMAGES.get_or_init(|| {
         require_tool("mpicc", "libopenmpi-dev openmpi-bin");
-        let out =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mpi-images.{}", std::process::id()));
+        let out = per_process_path("mpi-images");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkmpi.sh");
         run_ok(Command::new("bash").arg(script).arg(&out));
         out
     })
+}
+
+/// `CARGO_TARGET_TMPDIR/NAME.PID`, for what one test process builds for itself. What earlier
+/// processes left there under `NAME.*` is removed first, where that process is gone: nothing
+/// else would (a static is never dropped), and each mpi image is 15 MB.
+fn per_process_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = format!("{name}.");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        let pid =
+            file_name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    dir.join(format!("{name}.{}", std::process::id()))
 }
 
 /// tests/probe/probe.c, compiled static once per process (it runs inside any image).
@@ -96,7 +115,7 @@ pub fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
         require_tool("cc", "gcc libc6-dev");
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("probe.{}", std::process::id()));
+        let out = per_process_path("probe");
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
         run_ok(Command::new("cc").args(["-static", "-O2", "-o"]).arg(&out).arg(source));
         out
