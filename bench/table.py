@@ -5,6 +5,7 @@ Usage: table.py JSON_DIR RSS30_KB RSS300_KB RUNNING_KB CORES  (hyperfine exports
 
 A section is SECTION.json (one series) or SECTION.r1.json, SECTION.r2.json... (rounds of it).
 The table pools every round's runs; each verdict is the median of the rounds' own ratios.
+SECTION-apart.json, if any, adds rows timed in a series of their own (no verdict uses them).
 """
 
 import datetime
@@ -127,6 +128,8 @@ def main(json_dir, rss30, rss300, running, cores):
         if not rounds:
             continue
         results = pooled(rounds)
+        # Peers timed in a series of their own, after the rounds (podman's warm start).
+        results += [r for extra in [load(json_dir, key + "-apart")] if extra for r in pooled(extra)]
         base = results[0]["median"]
         out += ["## %s (target: %s)" % (title, target), "",
                 "| command | median | min | stddev | ratio |", "|---|---:|---:|---:|---:|"]
