@@ -128,8 +128,9 @@ def main(json_dir, rss30, rss300, running, cores):
         if not rounds:
             continue
         results = pooled(rounds)
-        # Peers timed in a series of their own, after the rounds (podman's warm start).
-        results += [r for extra in [load(json_dir, key + "-apart")] if extra for r in pooled(extra)]
+        apart = load(json_dir, key + "-apart")  # a series of its own (podman's warm start)
+        if apart:
+            results += pooled(apart)
         base = results[0]["median"]
         out += ["## %s (target: %s)" % (title, target), "",
                 "| command | median | min | stddev | ratio |", "|---|---:|---:|---:|---:|"]
