@@ -15,6 +15,7 @@ fn main() {
     order_warm_start_symbols();
     println!("cargo:rerun-if-changed=seccomp/default.profile");
     println!("cargo:rerun-if-changed=src/sandbox/seccomp_profile.rs");
+    println!("cargo:rerun-if-changed=src/sandbox/seccomp_tree.rs");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets the target arch");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let text = std::fs::read_to_string("seccomp/default.profile").expect("seccomp/default.profile");

@@ -2,6 +2,9 @@
 //! seccompiler. build.rs compiles the default profile with this same file (`#[path]`), and
 //! `--seccomp FILE` at run time.
 
+#[path = "seccomp_tree.rs"]
+mod tree;
+
 /// The architectures boxrun builds seccomp filters for.
 pub const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
 
@@ -135,8 +138,7 @@ const OP: u16 = 0xf0;
 /// Compile `rules` for `arch` to one raw BPF program: its length (u32), then its instructions,
 /// 8 bytes each (`struct sock_filter`), all native endian.
 pub fn compile(rules: &[Rule], arch: &str, nested: bool) -> Result<Vec<u8>, String> {
-    let long = program(rules, arch, nested)?;
-    let program = shorten(&long).unwrap_or(long);
+    let program = optimized(program(rules, arch, nested)?);
     let mut bytes = Vec::with_capacity(4 + program.len() * 8);
     bytes.extend((program.len() as u32).to_ne_bytes());
     for insn in program {
@@ -145,6 +147,14 @@ pub fn compile(rules: &[Rule], arch: &str, nested: bool) -> Result<Vec<u8>, Stri
         bytes.extend(insn.k.to_ne_bytes());
     }
     Ok(bytes)
+}
+
+/// `program`, deciding the same in fewer instructions ([`shorten`]), the syscall number found
+/// by a binary search ([`tree`]). The search jumps into the program, leaving its own dispatch
+/// unreached: shortened away.
+fn optimized(program: seccompiler::BpfProgram) -> seccompiler::BpfProgram {
+    let program = shorten(&program).unwrap_or(program);
+    tree::search_tree(&program).map(|t| shorten(&t).unwrap_or(t)).unwrap_or(program)
 }
 
 /// seccompiler's program for `rules`: its two filters chained, and x32 refused on x86_64.
@@ -270,10 +280,16 @@ mod tests {
     /// A classic-BPF machine for what seccompiler emits, over `struct seccomp_data` as words:
     /// nr, arch, ip (2), then each argument's low and high word (little endian).
     fn run(program: &[seccompiler::sock_filter], data: &[u32; 16]) -> u32 {
-        let (mut a, mut pc) = (0u32, 0usize);
+        steps(program, data).0
+    }
+
+    /// What `program` returns, and how many instructions it ran to decide.
+    fn steps(program: &[seccompiler::sock_filter], data: &[u32; 16]) -> (u32, usize) {
+        let (mut a, mut pc, mut ran) = (0u32, 0usize, 0);
         loop {
             let insn = &program[pc];
             pc += 1;
+            ran += 1;
             let taken = match insn.code {
                 LD_W_ABS => {
                     a = data[insn.k as usize / 4];
@@ -287,7 +303,7 @@ mod tests {
                     pc += insn.k as usize;
                     continue;
                 }
-                RET_K => return insn.k,
+                RET_K => return (insn.k, ran),
                 JEQ_K => a == insn.k,
                 JGT_K => a > insn.k,
                 JGE_K => a >= insn.k,
@@ -298,8 +314,31 @@ mod tests {
         }
     }
 
+    /// At load, the kernel runs a new filter once for each syscall number of the architecture,
+    /// to cache the calls it always allows: the search is there to shorten that pass.
     #[test]
-    fn the_shortened_program_decides_every_syscall_as_seccompilers() {
+    fn the_search_decides_any_syscall_number_in_a_few_instructions() {
+        let rules = parse(include_str!("../../seccomp/default.profile")).unwrap();
+        for (arch, audit_arch) in [("x86_64", 0xc000_003e), ("aarch64", 0xc000_00b7)] {
+            let chain = shorten(&program(&rules, arch, false).unwrap()).unwrap();
+            let searched = optimized(program(&rules, arch, false).unwrap());
+            let cost = |program: &[seccompiler::sock_filter]| -> Vec<usize> {
+                (0..500)
+                    .map(|nr| steps(program, &[nr, audit_arch, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).1)
+                    .collect()
+            };
+            let (before, after) = (cost(&chain), cost(&searched));
+            let (most, sum_before, sum_after) =
+                (after.iter().max().unwrap(), before.iter().sum::<usize>(), after.iter().sum::<usize>());
+            // The kernel also translates and JITs every instruction at load.
+            assert!(searched.len() < chain.len() + 8, "{arch}: {} instructions", searched.len());
+            assert!(*most <= 16, "{arch}: {most} instructions for one number");
+            assert!(sum_after * 3 < sum_before, "{arch}: {sum_after} against {sum_before}");
+        }
+    }
+
+    #[test]
+    fn the_optimized_program_decides_every_syscall_as_seccompilers() {
         let rules = parse(include_str!("../../seccomp/default.profile")).unwrap();
         // Arguments: none set, all set, and each rule's mask alone and all but it.
         let mut argument_sets = vec![[0u64; 6], [u64::MAX; 6]];
@@ -313,14 +352,15 @@ mod tests {
         for (arch, audit_arch) in [("x86_64", 0xc000_003e), ("aarch64", 0xc000_00b7)] {
             for nested in [false, true] {
                 let long = program(&rules, arch, nested).unwrap();
-                let short = shorten(&long).unwrap();
+                let short = optimized(long.clone());
                 assert!(
                     short.len() * 2 < long.len(),
                     "{arch}: {} of {} instructions",
                     short.len(),
                     long.len()
                 );
-                for nr in (0..600).chain(X32_SYSCALL_BIT..X32_SYSCALL_BIT + 600) {
+                let numbers = (0..600).chain(X32_SYSCALL_BIT..X32_SYSCALL_BIT + 600);
+                for nr in numbers.chain([0x7fff_ffff, 0xbfff_ffff, 0xc000_003e, u32::MAX]) {
                     for seen_arch in [audit_arch, 0x4000_0003] {
                         for args in &argument_sets {
                             let mut data = [0u32; 16];
