@@ -132,10 +132,13 @@ fn relay(plan: &RunPlan, pid1: Pid, signals: SigSet, recording: record::Recordin
         // A PID namespace whose PID 1 died takes no new process: PID 1 said why.
         std::process::exit(end_namespace(pid1).unwrap_or_else(|| fail(format!("fork: {e}"))))
     });
+    // Opened while the job runs, so that at its end only a read is left to do: the walk
+    // through /proc to a new process's task is not on the critical path.
+    let pid1_children = (!plan.namespaces.host_pid).then(|| Children::open(pid1)).flatten();
     let mut code = supervise(job, signals);
     if plan.namespaces.host_pid {
         kill_leftovers(pid1);
-    } else if code == 128 + Signal::SIGKILL as i32 || !only_pid1_left(pid1) {
+    } else if code == 128 + Signal::SIGKILL as i32 || !only_pid1_left(pid1_children.as_ref()) {
         // The job left processes behind, or was killed with the whole namespace because PID 1
         // failed (and said why: its status is the one to report).
         code = end_namespace(pid1).unwrap_or(code);
@@ -186,16 +189,34 @@ fn reap(job: Option<Pid>) -> Option<i32> {
 /// Whether PID 1 has no child: every process of the container's PID namespace but the job
 /// (the relay's child, reaped) descends from PID 1, and the job's orphans were re-parented to
 /// it before the job's exit was reported. Unreadable: no.
-fn only_pid1_left(pid1: Pid) -> bool {
-    children(pid1).is_some_and(|pids| pids.is_empty())
+fn only_pid1_left(pid1_children: Option<&Children>) -> bool {
+    pid1_children.and_then(Children::read).is_some_and(|pids| pids.is_empty())
 }
 
-/// The children of `pid` (a single-threaded process), from the host's /proc; `None` if
-/// unreadable.
-fn children(pid: Pid) -> Option<Vec<Pid>> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    let list = crate::small_file::read_to_string(std::path::Path::new(&path)).ok()?;
-    Some(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect())
+/// The list of a single-threaded process's children in the host's /proc, open: each read
+/// lists them as they are at that moment (a read from offset 0 starts the seq_file over).
+struct Children(fs_err::File);
+
+impl Children {
+    fn open(pid: Pid) -> Option<Children> {
+        fs_err::File::open(format!("/proc/{pid}/task/{pid}/children")).ok().map(Children)
+    }
+
+    /// The children now; `None` if unreadable.
+    fn read(&self) -> Option<Vec<Pid>> {
+        use std::os::unix::fs::FileExt;
+        let (mut list, mut chunk) = (Vec::new(), [0u8; 1024]);
+        loop {
+            match self.0.file().read_at(&mut chunk, list.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => list.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        let list = std::str::from_utf8(&list).ok()?;
+        Some(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect())
+    }
 }
 
 /// Kill PID 1, with it every process of its PID namespace, and reap it: its exit is reported
@@ -217,7 +238,7 @@ fn end_namespace(pid1: Pid) -> Option<i32> {
 /// none is left.
 fn kill_leftovers(pid1: Pid) {
     for _ in 0..1000 {
-        let mut pids = children(Pid::this()).unwrap_or_default();
+        let mut pids = Children::open(Pid::this()).and_then(|c| c.read()).unwrap_or_default();
         pids.retain(|&pid| pid != pid1);
         if pids.is_empty() {
             return;
