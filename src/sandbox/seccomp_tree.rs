@@ -1,17 +1,18 @@
 //! The syscall number dispatch of a seccomp program, rewritten as a binary search.
 //!
 //! seccompiler compares the syscall number against each listed call in turn, so most calls (the
-//! allowed ones, listed nowhere) run through every compare. The kernel does that for each of
-//! the ~450 syscall numbers when it loads a filter, to cache the calls the filter always
-//! allows (`seccomp_cache_prepare`): with the default profile's chain of ~35 compares that
-//! costs ~45 µs of the ~75 µs a load takes on our 2-core VM, paid by the job and by PID 1 at
-//! every start. A search over the ranges of numbers that get the same decision runs about
-//! seven compares for any number. libseccomp's `SCMP_FLTATR_CTL_OPTIMIZE=2` builds the same.
+//! allowed ones, listed nowhere) run through every compare. When a filter is loaded, the kernel
+//! emulates it for each of the ~450 syscall numbers, to cache the calls it always allows
+//! (`seccomp_cache_prepare`): with the default profile's chain of ~35 compares, a load took
+//! 80 µs on our 2-core VM, and 53 µs with the search, paid by the job and by PID 1 at every
+//! start. A search over the ranges of numbers that get the same decision runs about seven
+//! compares for any number (libseccomp also builds a tree, with `SCMP_FLTATR_CTL_OPTIMIZE=2`).
 //!
 //! The rewrite works on the finished program, so it knows nothing of profiles: it runs the
 //! program for each range of numbers, on this machine's architecture, up to the first
-//! instruction that reads an argument, and keeps the program after that as it was. Anything it
-//! does not understand leaves the program unchanged.
+//! instruction that reads anything but the number and the architecture (an argument, the
+//! instruction pointer), and keeps the program from there as it was. Anything it does not
+//! model leaves the program unchanged.
 
 /// The classic-BPF instructions the rewrite reads and writes (linux/filter.h).
 const LD_W_ABS: u16 = 0x20;
@@ -57,7 +58,8 @@ pub fn search_tree(program: &[Insn]) -> Option<Vec<Insn>> {
     let ranges = ranges(program, native)?;
     let mut nodes = Vec::new();
     let mut pool = vec![Outcome::Return(foreign)];
-    build(&ranges, &mut nodes, &mut pool);
+    // One range (a profile with no rule for this architecture): nothing to search.
+    let Target::Node(0) = build(&ranges, &mut nodes, &mut pool) else { return None };
     lay_out(native, &nodes, &pool, program)
 }
 
@@ -65,7 +67,7 @@ pub fn search_tree(program: &[Insn]) -> Option<Vec<Insn>> {
 /// and the one after it. Between two of them, every number runs the same way.
 fn ranges(program: &[Insn], native: u32) -> Option<Vec<(u32, Outcome)>> {
     let mut starts: Vec<u32> = vec![0];
-    for i in program.iter().filter(|i| matches!(i.code, JEQ_K | JGT_K | JGE_K | JSET_K)) {
+    for i in program.iter().filter(|i| matches!(i.code, JEQ_K | JGT_K | JGE_K)) {
         starts.push(i.k);
         starts.extend(i.k.checked_add(1));
     }
@@ -73,7 +75,7 @@ fn ranges(program: &[Insn], native: u32) -> Option<Vec<(u32, Outcome)>> {
     starts.dedup();
     let mut ranges: Vec<(u32, Outcome)> = Vec::new();
     for start in starts {
-        let outcome = run(program, start, native)?;
+        let outcome = outcome_of(program, start, native)?;
         if ranges.last().is_none_or(|&(_, last)| last != outcome) {
             ranges.push((start, outcome));
         }
@@ -84,7 +86,7 @@ fn ranges(program: &[Insn], native: u32) -> Option<Vec<(u32, Outcome)>> {
 /// Run `program` for syscall `nr` of the architecture `native` until it returns or reads
 /// anything but the number and the architecture. None where the number is transformed
 /// (masked, tested bit by bit): its outcome would not be the same over a range.
-fn run(program: &[Insn], nr: u32, native: u32) -> Option<Outcome> {
+fn outcome_of(program: &[Insn], nr: u32, native: u32) -> Option<Outcome> {
     let (mut a, mut a_is_nr, mut pc) = (0u32, false, 0usize);
     loop {
         let i = program.get(pc)?;
@@ -163,21 +165,23 @@ fn build(ranges: &[(u32, Outcome)], nodes: &mut Vec<Node>, pool: &mut Vec<Outcom
 }
 
 /// The new program: the architecture check (another architecture gets the old program's
-/// verdict, `pool[0]`), the search, its pool of returns and of jumps into the old program, then
-/// the old program, whose instructions after an argument read are reached from the pool.
+/// verdict, `pool[0]`), the search from its root `nodes[0]`, its pool of returns and of jumps
+/// into the old program, then the old program, whose instructions from an argument read on are
+/// reached from the pool.
 fn lay_out(native: u32, nodes: &[Node], pool: &[Outcome], old: &[Insn]) -> Option<Vec<Insn>> {
-    let search = 3; // ld arch; jeq native; ld nr
-    let pool_at = search + nodes.len();
+    let first_node = 3; // after: ld arch; jeq native; ld nr
+    let pool_at = first_node + nodes.len();
     let old_at = pool_at + pool.len();
     let index = |target: Target| match target {
-        Target::Node(n) => search + n,
+        Target::Node(n) => first_node + n,
         Target::Pool(p) => pool_at + p,
     };
-    let offset = |from: usize, to: usize| u8::try_from(to - from - 1).ok();
+    // Classic BPF jumps only forward, by at most 255 for a conditional one.
+    let offset = |from: usize, to: usize| u8::try_from(to.checked_sub(from + 1)?).ok();
     let mut out = vec![insn(LD_W_ABS, 0, 0, ARCH), insn(JEQ_K, 0, offset(1, pool_at)?, native)];
     out.push(insn(LD_W_ABS, 0, 0, NR));
     for (n, node) in nodes.iter().enumerate() {
-        let at = search + n;
+        let at = first_node + n;
         out.push(insn(node.code, offset(at, index(node.yes))?, offset(at, index(node.no))?, node.k));
     }
     for outcome in pool {
