@@ -121,11 +121,15 @@ pub fn to_json(rules: &[Rule], arch: &str, nested: bool) -> String {
 /// x86_64's, so only the number tells them apart (seccomp(2), "Caveats").
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-/// The classic-BPF instructions and seccomp return values the rewrites below use
-/// (linux/filter.h, linux/seccomp.h).
+/// The classic-BPF instructions seccompiler emits, which the rewrites below and in [`tree`]
+/// read and write, and the seccomp return values they use (linux/filter.h, linux/seccomp.h).
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA: pc += 1 + k
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
@@ -271,11 +275,6 @@ fn shorten(program: &[seccompiler::sock_filter]) -> Option<seccompiler::BpfProgr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
-    const JEQ_K: u16 = 0x15;
-    const JGT_K: u16 = 0x25;
-    const JSET_K: u16 = 0x45;
 
     /// A classic-BPF machine for what seccompiler emits, over `struct seccomp_data` as words:
     /// nr, arch, ip (2), then each argument's low and high word (little endian).

@@ -14,15 +14,8 @@
 //! instruction pointer), and keeps the program from there as it was. Anything it does not
 //! model leaves the program unchanged.
 
-/// The classic-BPF instructions the rewrite reads and writes (linux/filter.h).
-const LD_W_ABS: u16 = 0x20;
-const JA: u16 = 0x05;
-const JEQ_K: u16 = 0x15;
-const JGT_K: u16 = 0x25;
-const JGE_K: u16 = 0x35;
-const JSET_K: u16 = 0x45;
-const AND_K: u16 = 0x54;
-const RET_K: u16 = 0x06;
+use super::{AND_K, JA, JEQ_K, JGE_K, JGT_K, JSET_K, LD_W_ABS, RET_K};
+
 /// Offsets in `struct seccomp_data`: the syscall number, then the audit architecture.
 const NR: u32 = 0;
 const ARCH: u32 = 4;
