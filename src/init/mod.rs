@@ -237,8 +237,9 @@ fn end_namespace(pid1: Pid) -> Option<i32> {
 /// children but PID 1 (the job's orphans, reparented to the relay as their subreaper), until
 /// none is left.
 fn kill_leftovers(pid1: Pid) {
+    let children = Children::open(Pid::this());
     for _ in 0..1000 {
-        let mut pids = Children::open(Pid::this()).and_then(|c| c.read()).unwrap_or_default();
+        let mut pids = children.as_ref().and_then(Children::read).unwrap_or_default();
         pids.retain(|&pid| pid != pid1);
         if pids.is_empty() {
             return;

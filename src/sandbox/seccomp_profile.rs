@@ -321,8 +321,9 @@ mod tests {
         for ((arch, audit_arch), nested) in
             ARCHES.into_iter().zip(AUDIT_ARCHES).flat_map(|a| [(a, false), (a, true)])
         {
-            let chain = shorten(&program(&rules, arch, nested).unwrap()).unwrap();
-            let searched = optimized(program(&rules, arch, nested).unwrap());
+            let long = program(&rules, arch, nested).unwrap();
+            let chain = shorten(&long).unwrap();
+            let searched = optimized(long);
             // The numbers the kernel's pass covers (x86_64 has fewer than 500 syscalls).
             let cost = |program: &[seccompiler::sock_filter]| -> Vec<usize> {
                 (0..500)
