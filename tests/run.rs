@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{Env, Guard, Registry, Run, rig, sleeping, wait_until};
+use common::{Env, Guard, Registry, Run, rig, sleeping, wait_until, within};
 
 fn outside(command: &str, args: &[&str]) -> String {
     let (uid, gid) = common::test_ids();
@@ -170,20 +170,23 @@ fn what_the_job_leaves_running_is_gone_when_boxrun_returns() {
         let script = format!(
             "sleep 1000 > left{n} & a=$!; until [ \"$(cat /proc/$a/comm)\" = sleep ]; do :; done; echo started"
         );
-        // Output to a file: a pipe's reader would also wait for the container's copies of it.
-        let out = rig.env.work().join("out");
-        let status = rig
-            .env
-            .boxrun()
-            .args(options)
-            .args([&rig.tiny, "sh", "-c", &script])
-            .current_dir(rig.env.work())
+        // Output to files: a pipe's reader would also wait for the container's copies of it, and
+        // a sleep left running would hold the test harness's own output open for 1000 s.
+        let (out, err) = (rig.env.work().join("out"), rig.env.work().join("err"));
+        let mut boxrun = rig.env.boxrun();
+        boxrun.args(options).args([&rig.tiny, "sh", "-c", &script]).current_dir(rig.env.work());
+        // Bounded: a boxrun that waited for the sleep instead of killing it would take 1000 s.
+        let status = within(60, &boxrun)
             .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
             .status()
             .unwrap();
         // No waiting: boxrun returns only once nothing of the container runs.
         let left = reader.read(&mut [0u8; 1]);
-        assert!(status.success(), "{status:?}");
+        let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+        assert!(!killed, "boxrun {options:?} still ran after 60 s: it waited for the job's leftovers");
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert!(status.success(), "{status:?}: {stderr}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "started\n");
         assert!(matches!(left, Ok(0)), "the job's background sleep outlived boxrun {options:?}: {left:?}");
     }

@@ -290,17 +290,9 @@ impl Env {
 
     /// Run boxrun with `args`, killed (exit -1) if it runs longer than `seconds`.
     pub fn run_within(&self, seconds: u32, args: &[&str]) -> Run {
-        let inner = self.boxrun();
-        let mut command = Command::new("timeout");
-        command.args(["--signal=KILL", &seconds.to_string()]).arg(inner.get_program()).args(inner.get_args());
-        command.args(args).env_clear().envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
-        command.current_dir(self.dir.path()).stdin(Stdio::null());
-        let output = command.output().expect("run boxrun");
-        let mut run = Run::from(output);
-        if run.code == 137 {
-            run.code = -1; // killed by timeout: report it as a death, not an exit status
-        }
-        run
+        let mut inner = self.boxrun();
+        inner.args(args);
+        Run::from(within(seconds, &inner).output().expect("run boxrun"))
     }
 
     /// The blobs in this env's cache, by hex digest.
@@ -449,6 +441,20 @@ pub fn sleeping(marker: &str) -> usize {
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.starts_with("sleep ") && c.contains(marker))
         .count()
+}
+
+/// `inner` (program, arguments, environment, directory) under timeout(1): if it runs longer
+/// than `seconds`, SIGKILL ends its process group, timeout included, so the status is that
+/// signal. For a test whose failure would be a hang. Its input is /dev/null unless set.
+pub fn within(seconds: u32, inner: &Command) -> Command {
+    let mut command = Command::new("timeout");
+    command.args(["--signal=KILL", &seconds.to_string()]).arg(inner.get_program()).args(inner.get_args());
+    command.env_clear().envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    if let Some(dir) = inner.get_current_dir() {
+        command.current_dir(dir);
+    }
+    command.stdin(Stdio::null());
+    command
 }
 
 /// Poll `condition` until it holds or 30 seconds pass; the assertion after it decides.
