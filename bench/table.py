@@ -98,7 +98,8 @@ def verdict(key, rounds):
 
 def cpu_verdict(rounds, results):
     """Inside vs bare: how much slower inside (the median of the rounds' differences), against
-    bare's stddev over all its runs (`results`, pooled; faster is never a miss)."""
+    bare's stddev over all its runs (`results`, pooled; faster is never a miss). The job's other
+    rows (run another way, or by a peer) are reported beside it as references, judged by nothing."""
     parts = []
     for job in ("sha256sum", "python loop"):
         bare = [median_of(results, "bare: " + job) for results in rounds]
@@ -108,8 +109,16 @@ def cpu_verdict(rounds, results):
         spread = next(r["stddev"] for r in results if r["command"].startswith("bare: " + job))
         diff = statistics.median(i - b for i, b in zip(inside, bare))
         state = "met" if diff <= spread else "**missed by %s**" % fmt(diff - spread)
-        parts.append("%s inside − bare %+.1f ms (bare's stddev %s%s): %s" % (
-            job, diff * 1000, fmt(spread), "" if len(rounds) == 1 else ", %d rounds" % len(rounds), state))
+        references = ""
+        for r in results:
+            who, _, what = r["command"].partition(": ")
+            if what.startswith(job) and who not in ("bare", "boxrun"):
+                other = [median_of(results, r["command"]) for results in rounds]
+                references += "; %s − bare %+.1f ms" % (
+                    who, statistics.median(o - b for o, b in zip(other, bare)) * 1000)
+        parts.append("%s inside − bare %+.1f ms (bare's stddev %s%s%s): %s" % (
+            job, diff * 1000, fmt(spread), "" if len(rounds) == 1 else ", %d rounds" % len(rounds),
+            references, state))
     return "Target: " + "; ".join(parts) + "."
 
 
