@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -183,7 +183,7 @@ fn what_the_job_leaves_running_is_gone_when_boxrun_returns() {
             .unwrap();
         // No waiting: boxrun returns only once nothing of the container runs.
         let left = reader.read(&mut [0u8; 1]);
-        let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+        let killed = status.signal() == Some(libc::SIGKILL);
         assert!(!killed, "boxrun {options:?} still ran after 60 s: it waited for the job's leftovers");
         let stderr = std::fs::read_to_string(&err).unwrap();
         assert!(status.success(), "{status:?}: {stderr}");
